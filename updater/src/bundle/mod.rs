@@ -1,0 +1,53 @@
+//! The `NAME-VERSION.mint` bundle: framing, signed header, payload.
+//!
+//! ```text
+//! magic    8 bytes   "MINTBNDL"
+//! u32 BE   length of the signed header
+//! header   COSE_Sign (tag 98) over the CBOR manifest
+//! payload  the files, in manifest order, each one zstd frame
+//! ```
+
+pub mod header;
+pub mod verify;
+pub mod write;
+
+use std::io::Read;
+
+use crate::error::Result;
+use crate::manifest::Manifest;
+
+/// The 8 bytes every bundle starts with.
+pub const MAGIC: &[u8; 8] = b"MINTBNDL";
+
+/// Header size accepted by operator-side tools that have no configured limit.
+pub const MAX_HEADER_BYTES_HARD: u64 = 16 * 1024 * 1024;
+
+/// The standard file name of a bundle: `NAME-VERSION.mint`.
+pub fn file_name(manifest: &Manifest) -> String {
+    format!("{}-{}.mint", manifest.name, manifest.version)
+}
+
+/// What an operator sees of a bundle without checking its signatures.
+#[derive(Debug, Clone)]
+pub struct UnverifiedHeader {
+    /// The decoded manifest — NOT authenticated.
+    pub manifest: Manifest,
+    /// (key id hex, algorithm) of each signature.
+    pub signatures: Vec<(String, String)>,
+    /// Size of the signed header.
+    pub header_len: u64,
+}
+
+/// Decodes the header of a bundle WITHOUT verifying signatures, for `mintctl bundle inspect`
+/// on an operator's workstation. The device never calls this: it uses [`verify::read_header`],
+/// which parses the manifest only after its signatures verified.
+pub fn read_unverified<R: Read>(input: &mut R) -> Result<UnverifiedHeader> {
+    let bytes = verify::read_framing(input, MAX_HEADER_BYTES_HARD)?;
+    let sign = header::decode(&bytes)?;
+    let manifest = Manifest::from_cbor(sign.payload.as_deref().unwrap_or_default())?;
+    Ok(UnverifiedHeader {
+        manifest,
+        signatures: header::describe_signatures(&sign),
+        header_len: bytes.len() as u64,
+    })
+}
