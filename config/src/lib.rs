@@ -18,6 +18,22 @@
 //!
 //! `config/mintd.toml` in the source tree is the documented example: every key with its
 //! default.
+//!
+//! ```
+//! use mint_config::Config;
+//!
+//! let text = r#"
+//! [trust]
+//! keys = ["/etc/mintd/alice.pub", "/etc/mintd/bob.pub"]
+//! keys_dir = ""
+//! threshold = 3
+//! "#;
+//! let err = Config::from_toml_str(text, "mintd.toml").unwrap_err();
+//! assert_eq!(
+//!     err.to_string(),
+//!     "mintd.toml: invalid configuration: trust.threshold = 3 but only 2 keys are listed"
+//! );
+//! ```
 
 #![deny(missing_docs)]
 
