@@ -1,1 +1,20 @@
-//! placeholder
+//! # mintd
+//!
+//! The device service and the operator tool. This crate wires the libraries together:
+//! `mint-updater` (bundles, trust), `mint-config`, and tract for running models.
+//!
+//! - [`engine`]: tract, fed only with digest-checked bytes.
+//! - [`tensor`]: Open Inference Protocol v2 tensors.
+//! - [`golden`]: golden cases and reference statistics for the health check and drift.
+//! - [`ctl`]: the `mintctl` commands.
+//! - [`demo`]: the guided tour.
+//! - [`exit`]: the one place where errors become exit codes and JSON.
+
+#![deny(missing_docs)]
+
+pub mod ctl;
+pub mod demo;
+pub mod engine;
+pub mod exit;
+pub mod golden;
+pub mod tensor;

@@ -13,6 +13,8 @@ pub mod write;
 
 use std::io::Read;
 
+use verify::{Limits, Sink, UnpackedFile};
+
 use crate::error::Result;
 use crate::manifest::Manifest;
 
@@ -50,4 +52,23 @@ pub fn read_unverified<R: Read>(input: &mut R) -> Result<UnverifiedHeader> {
         signatures: header::describe_signatures(&sign),
         header_len: bytes.len() as u64,
     })
+}
+
+/// Reads a bundle WITHOUT verifying signatures and checks that its payload matches its own
+/// manifest (sizes, digests, framing): what a co-signer checks before endorsing a bundle with
+/// `mintctl bundle sign`. Not a substitute for verification on a device.
+pub fn check_unverified<R: Read + Send>(
+    input: &mut R,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(UnverifiedHeader, Vec<UnpackedFile>)> {
+    let header = read_unverified(input)?;
+    let limits = Limits {
+        max_header_bytes: MAX_HEADER_BYTES_HARD,
+        max_file_bytes: u64::MAX,
+        max_files: usize::MAX,
+        max_bundle_bytes: u64::MAX,
+        max_window_log: 27,
+    };
+    let files = verify::unpack_files(input, &header.manifest.files, &limits, Sink::Discard, progress)?;
+    Ok((header, files))
 }

@@ -227,7 +227,18 @@ pub fn unpack<R: Read + Send>(
     sink: Sink<'_>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Vec<UnpackedFile>> {
-    let files = &header.manifest.files;
+    unpack_files(input, &header.manifest.files, limits, sink, progress)
+}
+
+/// [`unpack`] over a list of file entries; callers outside this crate must go through a
+/// verified header (device) or [`super::check_unverified`] (operator tools).
+pub(crate) fn unpack_files<R: Read + Send>(
+    input: &mut R,
+    files: &[FileEntry],
+    limits: &Limits,
+    sink: Sink<'_>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Vec<UnpackedFile>> {
     let unpacked = std::thread::scope(|scope| {
         let (full_tx, full_rx) = sync_channel::<Msg>(IN_FLIGHT);
         let (free_tx, free_rx) = sync_channel::<Vec<u8>>(IN_FLIGHT + 2);
