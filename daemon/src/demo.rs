@@ -61,7 +61,10 @@ impl Tour {
                     "  -> refused by check `{}` (exit {}): {}",
                     got.map_or("none", Check::name),
                     exit::code(&e) as i32,
-                    e.chain().last().map(ToString::to_string).unwrap_or_default()
+                    e.chain()
+                        .last()
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
                 );
                 if !got.is_some_and(|g| checks.contains(&g)) {
                     bail!("expected one of {checks:?} to refuse, got {got:?}: {e:#}");
@@ -97,7 +100,9 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<()> {
         let _ = std::env::set_current_dir(p);
     }
     match &result {
-        Ok(()) => println!("\nThe tour passed: every bundle was accepted or refused as it should be."),
+        Ok(()) => {
+            println!("\nThe tour passed: every bundle was accepted or refused as it should be.")
+        }
         Err(_) => println!("\nThe tour FAILED (files kept in {})", dir.display()),
     }
     if result.is_err() || keep.is_some() {
@@ -130,7 +135,9 @@ fn tour(dir: &Path) -> anyhow::Result<()> {
     t.expect_ok("bundle inspect mlp-1.0.0.mint --trust operator.pub")?;
 
     t.say("A device verifies it: every check passes");
-    t.expect_ok("bundle verify mlp-1.0.0.mint --trust operator.pub --target generic --min-sequence 1")?;
+    t.expect_ok(
+        "bundle verify mlp-1.0.0.mint --trust operator.pub --target generic --min-sequence 1",
+    )?;
 
     t.say("Tamper with the model bytes: the digest check refuses it");
     let header_len = {
@@ -140,7 +147,11 @@ fn tour(dir: &Path) -> anyhow::Result<()> {
     let payload = 12 + header_len;
     let size = fs::metadata(dir.join("mlp-1.0.0.mint"))?.len();
     // The model frame is first; its middle is a literal-heavy stretch of weights.
-    t.flip("mlp-1.0.0.mint", "tampered-model.mint", payload + (size - payload) / 4)?;
+    t.flip(
+        "mlp-1.0.0.mint",
+        "tampered-model.mint",
+        payload + (size - payload) / 4,
+    )?;
     // A flipped bit in a zstd frame shows up as a digest mismatch, or earlier as a frame that
     // no longer decodes to its declared size: both refuse the bundle.
     t.expect_refused_by(
@@ -149,20 +160,39 @@ fn tour(dir: &Path) -> anyhow::Result<()> {
     )?;
 
     t.say("Tamper with the signed manifest: the signature check refuses it");
-    t.flip("mlp-1.0.0.mint", "tampered-header.mint", 12 + header_len / 2)?;
-    t.expect_refused("bundle verify tampered-header.mint --trust operator.pub", Check::Signature)?;
+    t.flip(
+        "mlp-1.0.0.mint",
+        "tampered-header.mint",
+        12 + header_len / 2,
+    )?;
+    t.expect_refused(
+        "bundle verify tampered-header.mint --trust operator.pub",
+        Check::Signature,
+    )?;
 
     t.say("A device that trusts only another key refuses the bundle");
-    t.expect_refused("bundle verify mlp-1.0.0.mint --trust intruder.pub", Check::Signature)?;
+    t.expect_refused(
+        "bundle verify mlp-1.0.0.mint --trust intruder.pub",
+        Check::Signature,
+    )?;
 
     t.say("A device that already runs sequence 2 refuses the older bundle (anti-rollback)");
-    t.expect_refused("bundle verify mlp-1.0.0.mint --trust operator.pub --min-sequence 2", Check::Rollback)?;
+    t.expect_refused(
+        "bundle verify mlp-1.0.0.mint --trust operator.pub --min-sequence 2",
+        Check::Rollback,
+    )?;
 
     t.say("Sixty days later the bundle has expired");
     let later = super::ctl::time_arg::now() + 60 * 86_400;
-    t.expect_refused(&format!("bundle verify mlp-1.0.0.mint --trust operator.pub --now {later}"), Check::Expiry)?;
+    t.expect_refused(
+        &format!("bundle verify mlp-1.0.0.mint --trust operator.pub --now {later}"),
+        Check::Expiry,
+    )?;
 
     t.say("A device of another class refuses it");
-    t.expect_refused("bundle verify mlp-1.0.0.mint --trust operator.pub --target jetson-nano", Check::Target)?;
+    t.expect_refused(
+        "bundle verify mlp-1.0.0.mint --trust operator.pub --target jetson-nano",
+        Check::Target,
+    )?;
     Ok(())
 }

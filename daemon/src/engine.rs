@@ -142,7 +142,11 @@ fn describe(
                 what: format!("{what} #{ix} ({name})"),
                 reason: format!("element type {:?} has no v2 datatype", fact.datum_type),
             })?;
-            let shape = fact.shape.iter().map(|d| d.to_i64().unwrap_or(-1)).collect();
+            let shape = fact
+                .shape
+                .iter()
+                .map(|d| d.to_i64().unwrap_or(-1))
+                .collect();
             Ok(TensorSpec {
                 name,
                 datatype,

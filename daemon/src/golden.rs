@@ -139,8 +139,7 @@ impl GoldenFile {
                     )));
                 }
                 let fits = t.shape.len() == spec.shape.len()
-                    && t
-                        .shape
+                    && t.shape
                         .iter()
                         .zip(&spec.shape)
                         .all(|(&d, &s)| s < 0 || d as i64 == s);
@@ -161,6 +160,19 @@ impl GoldenFile {
             let actual = engine
                 .run(&c.inputs)
                 .map_err(|source| GoldenError::Engine { case, source })?;
+            if let Some(bad) = actual
+                .iter()
+                .find(|t| t.values_f64().iter().any(|v| !v.is_finite()))
+            {
+                return Err(GoldenError::Case {
+                    case,
+                    reason: format!(
+                        "the model's output {:?} has non-finite values (NaN or infinity); \
+                         a health check on it could never pass",
+                        bad.name
+                    ),
+                });
+            }
             match &c.outputs {
                 Some(expected) => compare(case, expected, &actual, abs, rel)?,
                 None => c.outputs = Some(actual),
@@ -190,10 +202,16 @@ impl GoldenFile {
         let mut outputs: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for c in &self.cases {
             for t in &c.inputs {
-                inputs.entry(t.name.clone()).or_default().extend(t.values_f64());
+                inputs
+                    .entry(t.name.clone())
+                    .or_default()
+                    .extend(t.values_f64());
             }
             for t in c.outputs.iter().flatten() {
-                outputs.entry(t.name.clone()).or_default().extend(t.values_f64());
+                outputs
+                    .entry(t.name.clone())
+                    .or_default()
+                    .extend(t.values_f64());
             }
         }
         ReferenceStats {
@@ -279,9 +297,10 @@ fn compare(
             });
         }
         for (index, (x, y)) in e.values_f64().into_iter().zip(a.values_f64()).enumerate() {
-            // NaN never matches: `!(d <= bound)` is true for NaN.
+            // NaN never matches: `within` is false when either side is NaN.
             let bound = abs + rel * x.abs();
-            if !((x - y).abs() <= bound) {
+            let within = (x - y).abs() <= bound;
+            if !within {
                 return Err(GoldenError::Mismatch {
                     case,
                     output: e.name.clone(),
@@ -315,7 +334,15 @@ fn stats(name: String, values: &[f64]) -> TensorStats {
         count,
         mean,
         std: var.sqrt(),
-        min: finite.iter().copied().fold(f64::INFINITY, f64::min).min(f64::MAX),
-        max: finite.iter().copied().fold(f64::NEG_INFINITY, f64::max).max(f64::MIN),
+        min: finite
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min)
+            .min(f64::MAX),
+        max: finite
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max)
+            .max(f64::MIN),
     }
 }

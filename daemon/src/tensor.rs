@@ -107,7 +107,10 @@ impl V2Tensor {
             ($t:ty) => {{
                 let mut out = Vec::with_capacity(self.data.len());
                 for (i, v) in self.data.iter().enumerate() {
-                    let x = v.as_i64().and_then(|x| <$t>::try_from(x).ok()).ok_or_else(|| bad(i))?;
+                    let x = v
+                        .as_i64()
+                        .and_then(|x| <$t>::try_from(x).ok())
+                        .ok_or_else(|| bad(i))?;
                     out.push(x);
                 }
                 Tensor::from_shape(&shape, &out)

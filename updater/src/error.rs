@@ -183,7 +183,9 @@ pub enum BundleError {
         device: Vec<String>,
     },
     /// The bundle's sequence is lower than the anti-rollback minimum.
-    #[error("sequence {sequence} of model {name:?} is below the minimum {minimum} (anti-rollback)")]
+    #[error(
+        "sequence {sequence} of model {name:?} is below the minimum {minimum} (anti-rollback)"
+    )]
     Rollback {
         /// Model name.
         name: String,

@@ -7,7 +7,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, KeypairBytes,
+};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -82,12 +84,17 @@ impl OperatorKey {
     pub fn write_pair(&self, stem: &Path) -> Result<(PathBuf, PathBuf)> {
         let key_path = with_suffix(stem, "key");
         let pub_path = with_suffix(stem, "pub");
-        let pem = self
-            .key
-            .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|e| BundleError::Build {
-                reason: format!("cannot encode private key: {e}"),
-            })?;
+        // PKCS#8 v1 (private key only), exactly what `openssl genpkey -algorithm ed25519`
+        // writes: OpenSSL 3.0 does not read the v2 form (with the public key) that
+        // `SigningKey::to_pkcs8_pem` produces.
+        let pem = KeypairBytes {
+            secret_key: self.key.to_bytes(),
+            public_key: None,
+        }
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| BundleError::Build {
+            reason: format!("cannot encode private key: {e}"),
+        })?;
         let public = self
             .public()
             .to_public_key_pem(LineEnding::LF)
@@ -189,8 +196,8 @@ impl TrustStore {
 /// Key files are tiny; refuse anything large before reading it.
 fn read_small(path: &Path) -> Result<String> {
     const MAX_KEY_FILE: u64 = 16 * 1024;
-    let meta =
-        fs::metadata(path).map_err(|e| BundleError::io(format!("reading {}", path.display()), e))?;
+    let meta = fs::metadata(path)
+        .map_err(|e| BundleError::io(format!("reading {}", path.display()), e))?;
     if meta.len() > MAX_KEY_FILE {
         return Err(BundleError::Key {
             path: path.to_owned(),

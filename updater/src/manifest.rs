@@ -251,8 +251,17 @@ impl Manifest {
     /// The format version is read first, so that a newer manifest is refused as
     /// [`BundleError::UnsupportedFormat`] rather than as a decoding error.
     pub fn from_cbor(bytes: &[u8]) -> Result<Self> {
+        let mut rest = bytes;
         let value: ciborium::Value =
-            ciborium::from_reader(bytes).map_err(|e| malformed(format!("not CBOR: {e}")))?;
+            ciborium::from_reader(&mut rest).map_err(|e| malformed(format!("not CBOR: {e}")))?;
+        // Exactly one CBOR item: bytes after it would be signed and measured but never read,
+        // and another parser might read them differently.
+        if !rest.is_empty() {
+            return Err(malformed(format!(
+                "{} bytes after the manifest's CBOR item",
+                rest.len()
+            )));
+        }
         let map = value
             .as_map()
             .ok_or_else(|| malformed("not a CBOR map".into()))?;
@@ -268,9 +277,11 @@ impl Manifest {
                 supported: FORMAT_VERSION,
             });
         }
-        let manifest: Manifest = value
-            .deserialized()
-            .map_err(|e| malformed(format!("{e}")))?;
+        let manifest: Manifest = value.deserialized().map_err(|e| {
+            // ciborium's Display of this error is its Debug form (`Custom("...")`).
+            let ciborium::value::Error::Custom(reason) = e;
+            malformed(reason)
+        })?;
         manifest.validate()?;
         Ok(manifest)
     }
@@ -367,11 +378,15 @@ impl Manifest {
             return Err(malformed("`health.max_error_rate` must be in 0..=1".into()));
         }
         if self.inputs.is_empty() || self.outputs.is_empty() {
-            return Err(malformed("a model needs at least one input and one output".into()));
+            return Err(malformed(
+                "a model needs at least one input and one output".into(),
+            ));
         }
         for spec in self.inputs.iter().chain(&self.outputs) {
             if spec.name.is_empty() || spec.name.len() > 256 {
-                return Err(malformed("a tensor name must be 1 to 256 characters".into()));
+                return Err(malformed(
+                    "a tensor name must be 1 to 256 characters".into(),
+                ));
             }
             if spec.shape.len() > 16 || spec.shape.iter().any(|&d| d < -1) {
                 return Err(malformed(format!(
@@ -398,7 +413,10 @@ impl Manifest {
 
     /// Sum of the plain sizes of all files.
     pub fn total_size(&self) -> u64 {
-        self.files.iter().map(|f| f.size).fold(0, u64::saturating_add)
+        self.files
+            .iter()
+            .map(|f| f.size)
+            .fold(0, u64::saturating_add)
     }
 }
 
@@ -466,7 +484,17 @@ mod tests {
 
     #[test]
     fn paths_that_escape_are_refused() {
-        for bad in ["../x", "a/../../x", "/etc/passwd", "a//b", "a\\b", "./a", "", ".hidden", "a/ b"] {
+        for bad in [
+            "../x",
+            "a/../../x",
+            "/etc/passwd",
+            "a//b",
+            "a\\b",
+            "./a",
+            "",
+            ".hidden",
+            "a/ b",
+        ] {
             assert!(
                 matches!(check_path(bad), Err(BundleError::BadPath { .. })),
                 "{bad:?} accepted"

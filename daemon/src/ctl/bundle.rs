@@ -11,9 +11,7 @@ use mint_updater::bundle::write::{
     add_signature_to_file, build_bundle, BuildOptions, FileSource, Source,
 };
 use mint_updater::bundle::{self, header};
-use mint_updater::manifest::{
-    FileRole, GuardSettings, HealthCheck, Manifest, FORMAT_VERSION,
-};
+use mint_updater::manifest::{FileRole, GuardSettings, HealthCheck, Manifest, FORMAT_VERSION};
 use mint_updater::{BundleError, Check, OperatorKey, TrustStore};
 
 use super::{progress, time_arg};
@@ -183,7 +181,9 @@ fn create(args: &CreateArgs, json: bool) -> anyhow::Result<()> {
     let keys = args
         .keys
         .iter()
-        .map(|k| OperatorKey::load(k).with_context(|| format!("cannot use signing key {}", k.display())))
+        .map(|k| {
+            OperatorKey::load(k).with_context(|| format!("cannot use signing key {}", k.display()))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let expires = args
         .expires
@@ -222,8 +222,8 @@ fn create(args: &CreateArgs, json: bool) -> anyhow::Result<()> {
         let path = Path::new(&args.golden);
         let bytes = fs::read(path)
             .with_context(|| format!("cannot read golden file {}", path.display()))?;
-        let mut file = GoldenFile::parse(&bytes)
-            .with_context(|| format!("golden file {}", path.display()))?;
+        let mut file =
+            GoldenFile::parse(&bytes).with_context(|| format!("golden file {}", path.display()))?;
         file.check_inputs(&inputs)
             .with_context(|| format!("golden file {} does not fit the model", path.display()))?;
         if args.no_golden_check {
@@ -282,10 +282,17 @@ fn create(args: &CreateArgs, json: bool) -> anyhow::Result<()> {
         level: args.level,
         ..BuildOptions::default()
     };
-    let manifest = build_bundle(manifest, &sources, &signers, &out, options, &mut |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
-    })
+    let manifest = build_bundle(
+        manifest,
+        &sources,
+        &signers,
+        &out,
+        options,
+        &mut |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        },
+    )
     .with_context(|| format!("cannot build bundle {}", out.display()))?;
     bar.finish_and_clear();
     let size = fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
@@ -323,7 +330,10 @@ fn sign(bundle: &Path, key: &Path, out: Option<&Path>, json: bool) -> anyhow::Re
     let bar = progress::bytes("check", size);
     let (header, _) = bundle::check_unverified(&mut input, &mut |done| bar.set_position(done))
         .with_context(|| {
-            format!("{} does not match its own manifest: refusing to sign it", bundle.display())
+            format!(
+                "{} does not match its own manifest: refusing to sign it",
+                bundle.display()
+            )
         })?;
     bar.finish_and_clear();
     let out = out.unwrap_or(bundle);
@@ -360,7 +370,8 @@ const CHECKS: [(Check, &str); 10] = [
 ];
 
 fn verify(args: &VerifyArgs, json: bool) -> anyhow::Result<()> {
-    let trust = TrustStore::load(&args.trust, args.threshold).context("cannot load the trusted keys")?;
+    let trust =
+        TrustStore::load(&args.trust, args.threshold).context("cannot load the trusted keys")?;
     let clock = time_arg::now();
     let now = match &args.now {
         Some(t) => time_arg::parse(t, clock).map_err(|e| anyhow::anyhow!("--now {e}"))?,
@@ -387,12 +398,17 @@ fn verify(args: &VerifyArgs, json: bool) -> anyhow::Result<()> {
     if let Some(dir) = &args.unpack {
         fs::create_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let sink = args.unpack.as_deref().map_or(Sink::Discard, Sink::Directory);
+    let sink = args
+        .unpack
+        .as_deref()
+        .map_or(Sink::Discard, Sink::Directory);
     let size = fs::metadata(&args.bundle)
         .with_context(|| format!("cannot read {}", args.bundle.display()))?
         .len();
     let bar = progress::bytes("verify", size);
-    let result = verify_file(&args.bundle, &policy, sink, &mut |done| bar.set_position(done));
+    let result = verify_file(&args.bundle, &policy, sink, &mut |done| {
+        bar.set_position(done)
+    });
     bar.finish_and_clear();
     if let (Err(_), Some(dir)) = (&result, &args.unpack) {
         // Nothing of a refused bundle may remain.
@@ -416,8 +432,8 @@ fn verify(args: &VerifyArgs, json: bool) -> anyhow::Result<()> {
             }
         }
     }
-    let (header, files) = result
-        .with_context(|| format!("bundle {} refused", args.bundle.display()))?;
+    let (header, files) =
+        result.with_context(|| format!("bundle {} refused", args.bundle.display()))?;
     if json {
         println!(
             "{}",
@@ -455,7 +471,8 @@ fn inspect(bundle: &Path, trust: &[PathBuf], threshold: usize, json: bool) -> an
         None
     } else {
         let store = TrustStore::load(trust, threshold).context("cannot load the trusted keys")?;
-        let bytes = mint_updater::bundle::verify::read_framing(&mut input, bundle::MAX_HEADER_BYTES_HARD)?;
+        let bytes =
+            mint_updater::bundle::verify::read_framing(&mut input, bundle::MAX_HEADER_BYTES_HARD)?;
         let sign = header::decode(&bytes)?;
         let (_, signers) = header::verify(&sign, &store)
             .with_context(|| format!("bundle {} refused", bundle.display()))?;
@@ -478,7 +495,10 @@ fn inspect(bundle: &Path, trust: &[PathBuf], threshold: usize, json: bool) -> an
         return Ok(());
     }
     println!("bundle      {} ({})", bundle.display(), human_bytes(size));
-    println!("model       {} {} (sequence {})", m.name, m.version, m.sequence);
+    println!(
+        "model       {} {} (sequence {})",
+        m.name, m.version, m.sequence
+    );
     println!("created     {}", time_arg::format(m.created));
     println!(
         "expires     {}",
@@ -486,10 +506,17 @@ fn inspect(bundle: &Path, trust: &[PathBuf], threshold: usize, json: bool) -> an
     );
     println!(
         "targets     {}",
-        if m.targets.is_empty() { "any device".into() } else { m.targets.join(", ") }
+        if m.targets.is_empty() {
+            "any device".into()
+        } else {
+            m.targets.join(", ")
+        }
     );
     match verified {
-        Some(n) => println!("signatures  {} ({n} verified from trusted keys)", info.signatures.len()),
+        Some(n) => println!(
+            "signatures  {} ({n} verified from trusted keys)",
+            info.signatures.len()
+        ),
         None => println!(
             "signatures  {} (NOT verified: pass --trust KEY.pub to check them)",
             info.signatures.len()
@@ -512,8 +539,15 @@ fn inspect(bundle: &Path, trust: &[PathBuf], threshold: usize, json: bool) -> an
     for (title, specs) in [("inputs", &m.inputs), ("outputs", &m.outputs)] {
         println!("{title}");
         for s in specs.iter() {
-            let range = s.range.map_or(String::new(), |[lo, hi]| format!(" range [{lo}, {hi}]"));
-            println!("  {:<12} {} {:?}{range}", s.name, s.datatype.name(), s.shape);
+            let range = s
+                .range
+                .map_or(String::new(), |[lo, hi]| format!(" range [{lo}, {hi}]"));
+            println!(
+                "  {:<12} {} {:?}{range}",
+                s.name,
+                s.datatype.name(),
+                s.shape
+            );
         }
     }
     let h = &m.health;
@@ -545,7 +579,11 @@ fn inspect(bundle: &Path, trust: &[PathBuf], threshold: usize, json: bool) -> an
 fn parse_range(text: &str) -> anyhow::Result<(String, f64, f64)> {
     let parsed = text.split_once('=').and_then(|(name, r)| {
         let (lo, hi) = r.split_once(':')?;
-        Some((name.to_owned(), lo.trim().parse().ok()?, hi.trim().parse().ok()?))
+        Some((
+            name.to_owned(),
+            lo.trim().parse().ok()?,
+            hi.trim().parse().ok()?,
+        ))
     });
     match parsed {
         Some((name, lo, hi)) if lo <= hi && f64::is_finite(lo) && f64::is_finite(hi) => {

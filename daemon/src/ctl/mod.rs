@@ -29,7 +29,7 @@ pub enum Command {
     Key(key::KeyCommand),
     /// Model bundles: create, sign, verify, inspect.
     #[command(subcommand)]
-    Bundle(bundle::BundleCommand),
+    Bundle(Box<bundle::BundleCommand>),
     /// Configuration files.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
@@ -39,7 +39,7 @@ pub enum Command {
 pub fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Key(cmd) => key::run(cmd, cli.json),
-        Command::Bundle(cmd) => bundle::run(cmd, cli.json),
+        Command::Bundle(cmd) => bundle::run(cmd.as_ref(), cli.json),
         Command::Config(cmd) => config_cmd::run(cmd, cli.json),
     }
 }

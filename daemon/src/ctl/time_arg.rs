@@ -54,7 +54,9 @@ mod tests {
         assert_eq!(parse("2026-01-01T00:00:00Z", 0), Ok(1_767_225_600));
         assert_eq!(parse("1700000000", 0), Ok(1_700_000_000));
         assert!(parse("+30y", 0).unwrap_err().contains("unit"));
-        assert!(parse("+9999999999999999d", 0).unwrap_err().contains("out of range"));
+        assert!(parse("+9999999999999999d", 0)
+            .unwrap_err()
+            .contains("out of range"));
         assert!(parse("tomorrow", 0).unwrap_err().contains("neither"));
     }
 }

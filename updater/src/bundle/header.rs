@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 
 use coset::iana::EnumI64;
 use coset::{
-    iana, Algorithm, CoseSign, CoseSignBuilder, CoseSignature,
-    CoseSignatureBuilder, HeaderBuilder, TaggedCborSerializable,
+    iana, Algorithm, CoseSign, CoseSignBuilder, CoseSignature, CoseSignatureBuilder, HeaderBuilder,
+    TaggedCborSerializable,
 };
 
 use crate::error::{BundleError, Result};
@@ -27,7 +27,11 @@ pub fn sign_manifest(manifest_cbor: &[u8], keys: &[&OperatorKey]) -> Result<Vec<
         });
     }
     let mut builder = CoseSignBuilder::new()
-        .protected(HeaderBuilder::new().content_type(CONTENT_TYPE.into()).build())
+        .protected(
+            HeaderBuilder::new()
+                .content_type(CONTENT_TYPE.into())
+                .build(),
+        )
         .payload(manifest_cbor.to_vec());
     let mut seen = BTreeSet::new();
     for key in keys {
@@ -120,7 +124,9 @@ pub fn verify<'a>(sign: &'a CoseSign, trust: &TrustStore) -> Result<(&'a [u8], S
         if !is_eddsa(alg) {
             return Err(BundleError::UnsupportedAlgorithm {
                 kid: kid.to_hex(),
-                alg: alg.map_or("none (protected `alg` missing)".into(), |a| format!("{a:?}")),
+                alg: alg.map_or("none (protected `alg` missing)".into(), |a| {
+                    format!("{a:?}")
+                }),
             });
         }
         let ok = sign.verify_signature(index, b"", |sig, data| {
@@ -144,7 +150,10 @@ pub fn verify<'a>(sign: &'a CoseSign, trust: &TrustStore) -> Result<(&'a [u8], S
             untrusted,
         });
     }
-    let payload = sign.payload.as_deref().expect("decode() refuses detached payloads");
+    let payload = sign
+        .payload
+        .as_deref()
+        .expect("decode() refuses detached payloads");
     Ok((payload, Signers { trusted, untrusted }))
 }
 

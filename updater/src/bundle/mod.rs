@@ -69,6 +69,12 @@ pub fn check_unverified<R: Read + Send>(
         max_bundle_bytes: u64::MAX,
         max_window_log: 27,
     };
-    let files = verify::unpack_files(input, &header.manifest.files, &limits, Sink::Discard, progress)?;
+    let files = verify::unpack_files(
+        input,
+        &header.manifest.files,
+        &limits,
+        Sink::Discard,
+        progress,
+    )?;
     Ok((header, files))
 }

@@ -297,8 +297,8 @@ pub fn verify_file(
     sink: Sink<'_>,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(VerifiedHeader, Vec<UnpackedFile>)> {
-    let file =
-        fs::File::open(path).map_err(|e| BundleError::io(format!("opening {}", path.display()), e))?;
+    let file = fs::File::open(path)
+        .map_err(|e| BundleError::io(format!("opening {}", path.display()), e))?;
     let mut input = BufReader::with_capacity(128 * 1024, file);
     verify_stream(&mut input, policy, sink, progress)
 }
@@ -407,20 +407,16 @@ fn consume(
         };
         let mut hasher = Sha256::new();
         let mut size = 0u64;
-        loop {
-            match full.recv().map_err(|_| Stop::Aborted)? {
-                Msg::Data(buf, n) => {
-                    hasher.update(&buf[..n]);
-                    if let Some((w, path)) = writer.as_mut() {
-                        w.write_all(&buf[..n])
-                            .map_err(|e| BundleError::io(format!("writing {}", path.display()), e))?;
-                    }
-                    size += n as u64;
-                    // The producer may already be gone after an error; then so are we.
-                    let _ = free.send(buf);
-                }
-                Msg::EndOfFile => break,
+        // Data chunks until the producer marks the end of this file (Msg::EndOfFile).
+        while let Msg::Data(buf, n) = full.recv().map_err(|_| Stop::Aborted)? {
+            hasher.update(&buf[..n]);
+            if let Some((w, path)) = writer.as_mut() {
+                w.write_all(&buf[..n])
+                    .map_err(|e| BundleError::io(format!("writing {}", path.display()), e))?;
             }
+            size += n as u64;
+            // The producer may already be gone after an error; then so are we.
+            let _ = free.send(buf);
         }
         let digest: [u8; 32] = hasher.finalize().into();
         let actual = hex::encode(digest);
@@ -433,9 +429,9 @@ fn consume(
             .into());
         }
         if let Some((w, path)) = writer {
-            let f = w
-                .into_inner()
-                .map_err(|e| BundleError::io(format!("writing {}", path.display()), e.into_error()))?;
+            let f = w.into_inner().map_err(|e| {
+                BundleError::io(format!("writing {}", path.display()), e.into_error())
+            })?;
             f.sync_all()
                 .map_err(|e| BundleError::io(format!("syncing {}", path.display()), e))?;
         }
@@ -517,7 +513,9 @@ impl<R: Read> Read for FrameRegion<'_, R> {
         if self.remaining == 0 {
             return Ok(0);
         }
-        let want = buf.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..want])?;
         if n == 0 {
             return Err(io::Error::new(
@@ -531,7 +529,10 @@ impl<R: Read> Read for FrameRegion<'_, R> {
 }
 
 fn decode_error(file: &FileEntry, e: io::Error) -> Stop {
-    if let Some(cut) = e.get_ref().and_then(|inner| inner.downcast_ref::<CutShort>()) {
+    if let Some(cut) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<CutShort>())
+    {
         return Stop::Bundle(BundleError::Truncated {
             region: Region::File(file.path.clone()),
             expected: cut.0,
@@ -542,4 +543,3 @@ fn decode_error(file: &FileEntry, e: io::Error) -> Stop {
         reason: e.to_string(),
     })
 }
-

@@ -89,8 +89,9 @@ pub fn build_bundle(
     }
     manifest.validate()?;
     let header = header::sign_manifest(&manifest.to_cbor()?, keys)?;
-    let mut tmp = NamedTempFile::new_in(dir)
-        .map_err(|e| BundleError::io(format!("creating a temporary file in {}", dir.display()), e))?;
+    let mut tmp = NamedTempFile::new_in(dir).map_err(|e| {
+        BundleError::io(format!("creating a temporary file in {}", dir.display()), e)
+    })?;
     {
         let mut w = BufWriter::with_capacity(256 * 1024, tmp.as_file_mut());
         write_prefix(&mut w, &header)?;
@@ -100,7 +101,8 @@ pub fn build_bundle(
                 .and_then(|_| io::copy(frame, &mut w))
                 .map_err(|e| BundleError::io("copying a compressed frame", e))?;
         }
-        w.flush().map_err(|e| BundleError::io("writing the bundle", e))?;
+        w.flush()
+            .map_err(|e| BundleError::io("writing the bundle", e))?;
     }
     persist(tmp, out)?;
     Ok(manifest)
@@ -115,13 +117,15 @@ pub fn add_signature_to_file(input: &Path, key: &OperatorKey, output: &Path) -> 
     let header = verify::read_framing(&mut reader, super::MAX_HEADER_BYTES_HARD)?;
     let header = header::add_signature(&header, key)?;
     let dir = parent_dir(output);
-    let mut tmp = NamedTempFile::new_in(dir)
-        .map_err(|e| BundleError::io(format!("creating a temporary file in {}", dir.display()), e))?;
+    let mut tmp = NamedTempFile::new_in(dir).map_err(|e| {
+        BundleError::io(format!("creating a temporary file in {}", dir.display()), e)
+    })?;
     {
         let mut w = BufWriter::new(tmp.as_file_mut());
         write_prefix(&mut w, &header)?;
         io::copy(&mut reader, &mut w).map_err(|e| BundleError::io("copying the payload", e))?;
-        w.flush().map_err(|e| BundleError::io("writing the bundle", e))?;
+        w.flush()
+            .map_err(|e| BundleError::io("writing the bundle", e))?;
     }
     persist(tmp, output)
 }
@@ -129,7 +133,10 @@ pub fn add_signature_to_file(input: &Path, key: &OperatorKey, output: &Path) -> 
 /// Writes magic, header length and header.
 pub fn write_prefix<W: Write>(w: &mut W, header: &[u8]) -> Result<()> {
     let len = u32::try_from(header.len()).map_err(|_| BundleError::Build {
-        reason: format!("header of {} bytes does not fit the u32 length", header.len()),
+        reason: format!(
+            "header of {} bytes does not fit the u32 length",
+            header.len()
+        ),
     })?;
     w.write_all(MAGIC)
         .and_then(|_| w.write_all(&len.to_be_bytes()))
@@ -150,11 +157,12 @@ fn compress(
         ),
         Source::Bytes(bytes) => Box::new(io::Cursor::new(bytes.as_slice())),
     };
-    let frame = tempfile::tempfile_in(dir)
-        .map_err(|e| BundleError::io(format!("creating a temporary file in {}", dir.display()), e))?;
+    let frame = tempfile::tempfile_in(dir).map_err(|e| {
+        BundleError::io(format!("creating a temporary file in {}", dir.display()), e)
+    })?;
     let zerr = |e: io::Error| BundleError::io(format!("compressing {}", source.path), e);
-    let mut encoder = zstd::stream::write::Encoder::new(BufWriter::new(frame), options.level)
-        .map_err(zerr)?;
+    let mut encoder =
+        zstd::stream::write::Encoder::new(BufWriter::new(frame), options.level).map_err(zerr)?;
     encoder.include_checksum(false).map_err(zerr)?;
     encoder.window_log(options.window_log).map_err(zerr)?;
     if options.threads > 0 {
