@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use mint_updater::bundle::verify::{verify_file, Limits, Policy, Sink};
+use mint_updater::bundle::verify::{read_header, unpack, Limits, Policy, Sink};
 use mint_updater::bundle::write::{
     add_signature_to_file, build_bundle, BuildOptions, FileSource, Source,
 };
@@ -402,12 +402,17 @@ fn verify(args: &VerifyArgs, json: bool) -> anyhow::Result<()> {
         .unpack
         .as_deref()
         .map_or(Sink::Discard, Sink::Directory);
-    let size = fs::metadata(&args.bundle)
-        .with_context(|| format!("cannot read {}", args.bundle.display()))?
-        .len();
-    let bar = progress::bytes("verify", size);
-    let result = verify_file(&args.bundle, &policy, sink, &mut |done| {
-        bar.set_position(done)
+    let file = fs::File::open(&args.bundle)
+        .with_context(|| format!("cannot open {}", args.bundle.display()))?;
+    let mut input = BufReader::with_capacity(128 * 1024, file);
+    // Header first (cheap), so that the progress bar knows the plain bytes to come.
+    let bar = progress::bytes("verify", 0);
+    let result = read_header(&mut input, &policy).and_then(|header| {
+        bar.set_length(header.manifest.total_size());
+        let files = unpack(&mut input, &header, &policy.limits, sink, &mut |done| {
+            bar.set_position(done)
+        })?;
+        Ok((header, files))
     });
     bar.finish_and_clear();
     if let (Err(_), Some(dir)) = (&result, &args.unpack) {
