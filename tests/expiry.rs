@@ -8,7 +8,13 @@ const EXPIRES: i64 = CREATED + 1000;
 
 fn expiring() -> (OperatorKey, Vec<u8>) {
     let k = key();
-    let bytes = signed(Manifest { expires: Some(EXPIRES), ..manifest() }, &k);
+    let bytes = signed(
+        Manifest {
+            expires: Some(EXPIRES),
+            ..manifest()
+        },
+        &k,
+    );
     (k, bytes)
 }
 
@@ -36,9 +42,21 @@ fn an_expired_bundle_is_refused() {
 fn expiry_is_inclusive_at_the_exact_second() {
     let (k, bytes) = expiring();
     let t = trust(&[&k], 1);
-    let result = verify_bytes(&bytes, &Policy { now: EXPIRES, ..policy(&t) });
+    let result = verify_bytes(
+        &bytes,
+        &Policy {
+            now: EXPIRES,
+            ..policy(&t)
+        },
+    );
     assert!(
-        matches!(result, Err(BundleError::Expired { expires: EXPIRES, now: EXPIRES })),
+        matches!(
+            result,
+            Err(BundleError::Expired {
+                expires: EXPIRES,
+                now: EXPIRES
+            })
+        ),
         "{}",
         describe(&result)
     );
@@ -48,7 +66,14 @@ fn expiry_is_inclusive_at_the_exact_second() {
 fn a_bundle_not_yet_expired_passes() {
     let (k, bytes) = expiring();
     let t = trust(&[&k], 1);
-    let (header, _) = verify_bytes(&bytes, &Policy { now: EXPIRES - 1, ..policy(&t) }).expect("one second left");
+    let (header, _) = verify_bytes(
+        &bytes,
+        &Policy {
+            now: EXPIRES - 1,
+            ..policy(&t)
+        },
+    )
+    .expect("one second left");
     assert_eq!(header.manifest.expires, Some(EXPIRES));
 }
 
@@ -109,8 +134,15 @@ fn a_bundle_without_expiry_never_expires() {
     let k = key();
     let bytes = signed(manifest(), &k);
     let t = trust(&[&k], 1);
-    verify_bytes(&bytes, &Policy { now: i64::MAX, trusted_time: Some(i64::MAX), ..policy(&t) })
-        .expect("no expiry");
+    verify_bytes(
+        &bytes,
+        &Policy {
+            now: i64::MAX,
+            trusted_time: Some(i64::MAX),
+            ..policy(&t)
+        },
+    )
+    .expect("no expiry");
 }
 
 #[test]
@@ -120,9 +152,22 @@ fn expiry_is_checked_after_the_signature() {
     let (_k, bytes) = expiring();
     let other = key();
     let t = trust(&[&other], 1);
-    let result = verify_bytes(&bytes, &Policy { now: EXPIRES + 1, ..policy(&t) });
+    let result = verify_bytes(
+        &bytes,
+        &Policy {
+            now: EXPIRES + 1,
+            ..policy(&t)
+        },
+    );
     assert!(
-        matches!(result, Err(BundleError::ThresholdNotMet { valid: 0, required: 1, .. })),
+        matches!(
+            result,
+            Err(BundleError::ThresholdNotMet {
+                valid: 0,
+                required: 1,
+                ..
+            })
+        ),
         "{}",
         describe(&result)
     );

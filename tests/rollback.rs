@@ -5,7 +5,13 @@ use mint_e2e::*;
 
 fn with_sequence(sequence: u64) -> (OperatorKey, Vec<u8>) {
     let k = key();
-    let bytes = signed(Manifest { sequence, ..manifest() }, &k);
+    let bytes = signed(
+        Manifest {
+            sequence,
+            ..manifest()
+        },
+        &k,
+    );
     (k, bytes)
 }
 
@@ -20,7 +26,13 @@ fn describe(result: &Result<Verified, BundleError>) -> String {
 fn a_lower_sequence_is_rollback() {
     let (k, bytes) = with_sequence(4);
     let t = trust(&[&k], 1);
-    let result = verify_bytes(&bytes, &Policy { min_sequence: Some(5), ..policy(&t) });
+    let result = verify_bytes(
+        &bytes,
+        &Policy {
+            min_sequence: Some(5),
+            ..policy(&t)
+        },
+    );
     assert!(
         matches!(&result, Err(BundleError::Rollback { name, sequence: 4, minimum: 5 }) if name == "mlp"),
         "{}",
@@ -32,7 +44,14 @@ fn a_lower_sequence_is_rollback() {
 fn the_minimum_itself_passes() {
     let (k, bytes) = with_sequence(5);
     let t = trust(&[&k], 1);
-    let (header, _) = verify_bytes(&bytes, &Policy { min_sequence: Some(5), ..policy(&t) }).expect("equal");
+    let (header, _) = verify_bytes(
+        &bytes,
+        &Policy {
+            min_sequence: Some(5),
+            ..policy(&t)
+        },
+    )
+    .expect("equal");
     assert_eq!(header.manifest.sequence, 5);
 }
 
@@ -40,7 +59,14 @@ fn the_minimum_itself_passes() {
 fn a_higher_sequence_passes() {
     let (k, bytes) = with_sequence(6);
     let t = trust(&[&k], 1);
-    verify_bytes(&bytes, &Policy { min_sequence: Some(5), ..policy(&t) }).expect("newer");
+    verify_bytes(
+        &bytes,
+        &Policy {
+            min_sequence: Some(5),
+            ..policy(&t)
+        },
+    )
+    .expect("newer");
 }
 
 #[test]
@@ -54,7 +80,13 @@ fn no_minimum_skips_the_check() {
 fn the_maximum_sequence_is_not_special() {
     let (k, bytes) = with_sequence(u64::MAX - 1);
     let t = trust(&[&k], 1);
-    let result = verify_bytes(&bytes, &Policy { min_sequence: Some(u64::MAX), ..policy(&t) });
+    let result = verify_bytes(
+        &bytes,
+        &Policy {
+            min_sequence: Some(u64::MAX),
+            ..policy(&t)
+        },
+    );
     assert!(
         matches!(&result, Err(BundleError::Rollback { sequence, minimum: u64::MAX, .. }) if *sequence == u64::MAX - 1),
         "{}",
@@ -73,7 +105,13 @@ fn expired_and_rolled_back_reports_expired() {
     };
     let bytes = signed(m, &k);
     let t = trust(&[&k], 1);
-    let result = verify_bytes(&bytes, &Policy { min_sequence: Some(5), ..policy(&t) });
+    let result = verify_bytes(
+        &bytes,
+        &Policy {
+            min_sequence: Some(5),
+            ..policy(&t)
+        },
+    );
     assert!(
         matches!(&result, Err(BundleError::Expired { expires, now: NOW }) if *expires == CREATED + 10),
         "{}",
@@ -112,6 +150,23 @@ fn rollback_is_reported_before_any_payload_byte_is_read() {
     let (k, bytes) = with_sequence(4);
     let t = trust(&[&k], 1);
     let header_end = PREFIX_LEN + u32::from_be_bytes(bytes[8..12].try_into().unwrap()) as usize;
-    let result = verify_bytes(&bytes[..header_end], &Policy { min_sequence: Some(5), ..policy(&t) });
-    assert!(matches!(&result, Err(BundleError::Rollback { sequence: 4, minimum: 5, .. })), "{}", describe(&result));
+    let result = verify_bytes(
+        &bytes[..header_end],
+        &Policy {
+            min_sequence: Some(5),
+            ..policy(&t)
+        },
+    );
+    assert!(
+        matches!(
+            &result,
+            Err(BundleError::Rollback {
+                sequence: 4,
+                minimum: 5,
+                ..
+            })
+        ),
+        "{}",
+        describe(&result)
+    );
 }

@@ -89,11 +89,21 @@ fn the_same_key_with_kid_in_both_buckets_still_counts_once() {
         kid: KidAt::Unprotected,
         ..SigSpec::eddsa(&a)
     };
-    let bytes = bundle_from_parts(&encode_sign(cose_sign(&cbor, &[SigSpec::eddsa(&a), unprotected])), &payload);
+    let bytes = bundle_from_parts(
+        &encode_sign(cose_sign(&cbor, &[SigSpec::eddsa(&a), unprotected])),
+        &payload,
+    );
     let t = trust(&[&a, &b], 2);
     let result = verify_bytes(&bytes, &policy(&t));
     assert!(
-        matches!(&result, Err(BundleError::ThresholdNotMet { valid: 1, required: 2, .. })),
+        matches!(
+            &result,
+            Err(BundleError::ThresholdNotMet {
+                valid: 1,
+                required: 2,
+                ..
+            })
+        ),
         "{}",
         describe(&result)
     );
@@ -125,7 +135,10 @@ fn a_bad_trusted_signature_fails_even_when_the_threshold_is_met_otherwise() {
     // altered, and that is an error however many others signed.
     let (cbor, payload) = content();
     let (a, b, c) = (key(), key(), key());
-    let mut sign = cose_sign(&cbor, &[SigSpec::eddsa(&a), SigSpec::eddsa(&b), SigSpec::eddsa(&c)]);
+    let mut sign = cose_sign(
+        &cbor,
+        &[SigSpec::eddsa(&a), SigSpec::eddsa(&b), SigSpec::eddsa(&c)],
+    );
     sign.signatures[2].signature[0] ^= 1;
     let bytes = bundle_from_parts(&encode_sign(sign), &payload);
     let t = trust(&[&a, &b, &c], 2);
@@ -204,7 +217,10 @@ fn alg_es256_by_a_trusted_kid_is_unsupported() {
 fn a_missing_protected_alg_is_unsupported() {
     let (cbor, payload) = content();
     let a = key();
-    let spec = SigSpec { alg: None, ..SigSpec::eddsa(&a) };
+    let spec = SigSpec {
+        alg: None,
+        ..SigSpec::eddsa(&a)
+    };
     let bytes = bundle_from_parts(&encode_sign(cose_sign(&cbor, &[spec])), &payload);
     let t = trust(&[&a], 1);
     let result = verify_bytes(&bytes, &policy(&t));
@@ -221,7 +237,13 @@ fn an_alg_only_in_the_unprotected_header_is_unsupported() {
     // An unprotected alg is not covered by the signature: it does not count.
     let (cbor, payload) = content();
     let a = key();
-    let mut sign = cose_sign(&cbor, &[SigSpec { alg: None, ..SigSpec::eddsa(&a) }]);
+    let mut sign = cose_sign(
+        &cbor,
+        &[SigSpec {
+            alg: None,
+            ..SigSpec::eddsa(&a)
+        }],
+    );
     sign.signatures[0].unprotected.alg = Some(coset::Algorithm::Assigned(iana::Algorithm::EdDSA));
     let bytes = bundle_from_parts(&encode_sign(sign), &payload);
     let t = trust(&[&a], 1);
@@ -284,7 +306,10 @@ fn more_than_sixteen_signatures_is_malformed() {
     );
 
     // Sixteen is fine.
-    let bytes = bundle_from_parts(&encode_sign(cose_sign(&cbor, &specs[..MAX_SIGNATURES])), &payload);
+    let bytes = bundle_from_parts(
+        &encode_sign(cose_sign(&cbor, &specs[..MAX_SIGNATURES])),
+        &payload,
+    );
     let (header, _) = verify_bytes(&bytes, &policy(&t)).expect("16 signatures");
     assert_eq!(header.signers.len(), MAX_SIGNATURES);
 }
@@ -330,7 +355,11 @@ fn an_untagged_cose_sign_is_malformed() {
     let bytes = bundle_from_parts(&untagged, &payload);
     let t = trust(&[&a], 1);
     let result = verify_bytes(&bytes, &policy(&t));
-    assert!(matches!(&result, Err(BundleError::MalformedHeader { .. })), "{}", describe(&result));
+    assert!(
+        matches!(&result, Err(BundleError::MalformedHeader { .. })),
+        "{}",
+        describe(&result)
+    );
 }
 
 #[test]
@@ -351,5 +380,9 @@ fn a_cose_sign1_instead_of_cose_sign_is_malformed() {
     let bytes = bundle_from_parts(&sign1.to_tagged_vec().unwrap(), &payload);
     let t = trust(&[&a], 1);
     let result = verify_bytes(&bytes, &policy(&t));
-    assert!(matches!(&result, Err(BundleError::MalformedHeader { .. })), "{}", describe(&result));
+    assert!(
+        matches!(&result, Err(BundleError::MalformedHeader { .. })),
+        "{}",
+        describe(&result)
+    );
 }

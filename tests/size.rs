@@ -80,7 +80,11 @@ fn a_decompression_bomb_stops_early_with_bounded_work() {
     const DECLARED: u64 = 1 << 20;
     let k = key();
     let frame = zeros_frame(1 << 30);
-    assert!(frame.len() < 256 * 1024, "bomb frame is {} bytes", frame.len());
+    assert!(
+        frame.len() < 256 * 1024,
+        "bomb frame is {} bytes",
+        frame.len()
+    );
     let entry = FileEntry {
         path: "model.onnx".into(),
         role: FileRole::Model,
@@ -100,7 +104,11 @@ fn a_decompression_bomb_stops_early_with_bounded_work() {
         most_progress = most_progress.max(done)
     });
     let actual = match &result {
-        Err(BundleError::SizeMismatch { path, declared: DECLARED, actual }) if path == "model.onnx" => actual.clone(),
+        Err(BundleError::SizeMismatch {
+            path,
+            declared: DECLARED,
+            actual,
+        }) if path == "model.onnx" => actual.clone(),
         other => panic!("{}", describe(other)),
     };
     let seen: u64 = actual
@@ -112,8 +120,14 @@ fn a_decompression_bomb_stops_early_with_bounded_work() {
         "bomb: frame {} bytes for 1 GiB; stopped at {seen} plain bytes after pulling {pulled} frame bytes; progress reported {most_progress}",
         frame.len()
     );
-    assert!(seen > DECLARED && seen <= DECLARED + (1 << 20), "stopped at {seen}");
-    assert!(most_progress <= DECLARED, "reported {most_progress} plain bytes as done");
+    assert!(
+        seen > DECLARED && seen <= DECLARED + (1 << 20),
+        "stopped at {seen}"
+    );
+    assert!(
+        most_progress <= DECLARED,
+        "reported {most_progress} plain bytes as done"
+    );
     assert!(
         pulled * 4 < frame.len() as u64,
         "pulled {pulled} of the {} frame bytes: the decoder ran on",
@@ -158,7 +172,13 @@ fn a_declared_size_above_a_configured_small_limit() {
         max_file_bytes: 4095,
         ..Limits::default()
     };
-    let result = verify_bytes(&bytes, &Policy { limits, ..policy(&t) });
+    let result = verify_bytes(
+        &bytes,
+        &Policy {
+            limits,
+            ..policy(&t)
+        },
+    );
     assert!(
         matches!(&result, Err(BundleError::TooLarge { what, declared: 4096, limit: 4095 }) if what == "model.onnx"),
         "{}",
@@ -168,7 +188,14 @@ fn a_declared_size_above_a_configured_small_limit() {
         max_file_bytes: 4096,
         ..Limits::default()
     };
-    verify_bytes(&bytes, &Policy { limits, ..policy(&t) }).expect("exactly at the limit");
+    verify_bytes(
+        &bytes,
+        &Policy {
+            limits,
+            ..policy(&t)
+        },
+    )
+    .expect("exactly at the limit");
 }
 
 #[test]
@@ -176,10 +203,17 @@ fn declared_sizes_that_sum_above_max_bundle_bytes() {
     // Each file within max_file_bytes, together above max_bundle_bytes.
     let k = key();
     let limits = Limits::default();
-    for sizes in [vec![limits.max_file_bytes; 3], vec![limits.max_file_bytes; 2]] {
+    for sizes in [
+        vec![limits.max_file_bytes; 3],
+        vec![limits.max_file_bytes; 2],
+    ] {
         let mut files = Vec::new();
         for (i, size) in sizes.iter().enumerate() {
-            let role = if i == 0 { FileRole::Model } else { FileRole::Other };
+            let role = if i == 0 {
+                FileRole::Model
+            } else {
+                FileRole::Other
+            };
             let (mut entry, _) = crafted_file(&format!("f{i}"), role, b"x");
             entry.size = *size;
             files.push((entry, vec![]));
@@ -214,7 +248,11 @@ fn too_many_files_is_too_large() {
     let count = limits.max_files + 1;
     let files: Vec<_> = (0..count)
         .map(|i| {
-            let role = if i == 0 { FileRole::Model } else { FileRole::Other };
+            let role = if i == 0 {
+                FileRole::Model
+            } else {
+                FileRole::Other
+            };
             crafted_file(&format!("f{i:03}"), role, format!("{i}").as_bytes())
         })
         .collect();
@@ -266,8 +304,18 @@ fn a_header_exactly_at_the_limit_is_read() {
     let mut bytes = MAGIC.to_vec();
     bytes.extend_from_slice(&1000u32.to_be_bytes());
     bytes.extend(std::iter::repeat_n(0xffu8, 1000));
-    let result = verify_bytes(&bytes, &Policy { limits, ..policy(&t) });
-    assert!(matches!(&result, Err(BundleError::MalformedHeader { .. })), "{}", describe(&result));
+    let result = verify_bytes(
+        &bytes,
+        &Policy {
+            limits,
+            ..policy(&t)
+        },
+    );
+    assert!(
+        matches!(&result, Err(BundleError::MalformedHeader { .. })),
+        "{}",
+        describe(&result)
+    );
 }
 
 /// The window log a zstd frame header declares (RFC 8878 3.1.1.1), or None when the frame is
@@ -293,7 +341,11 @@ fn a_frame_that_needs_a_larger_window_than_allowed_is_refused() {
     encoder.window_log(27).unwrap();
     encoder.write_all(&plain).unwrap();
     let frame = encoder.finish().unwrap();
-    assert_eq!(declared_window_log(&frame), Some(27), "frame header does not declare 2^27");
+    assert_eq!(
+        declared_window_log(&frame),
+        Some(27),
+        "frame header does not declare 2^27"
+    );
     let entry = FileEntry {
         path: "model.onnx".into(),
         role: FileRole::Model,
@@ -317,7 +369,14 @@ fn a_frame_that_needs_a_larger_window_than_allowed_is_refused() {
         max_window_log: 27,
         ..Limits::default()
     };
-    verify_bytes(&bytes, &Policy { limits, ..policy(&t) }).expect("window allowed");
+    verify_bytes(
+        &bytes,
+        &Policy {
+            limits,
+            ..policy(&t)
+        },
+    )
+    .expect("window allowed");
 }
 
 #[test]
@@ -354,7 +413,10 @@ fn a_second_frame_hidden_inside_the_region_is_refused() {
     let bytes = craft_manifest(&m, &[&k], &payload);
     let t = trust(&[&k], 1);
     let result = verify_bytes(&bytes, &policy(&t));
-    let want = format!("the frame ends {} bytes before its declared compressed size", hidden.len());
+    let want = format!(
+        "the frame ends {} bytes before its declared compressed size",
+        hidden.len()
+    );
     assert!(
         matches!(&result, Err(BundleError::Decompress { path, reason }) if path == "model.onnx" && reason.starts_with(&want)),
         "{}",

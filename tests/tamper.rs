@@ -54,7 +54,11 @@ fn every_bit_of_the_header_length() {
             } else {
                 matches!(&result, Err(BundleError::MalformedHeader { .. }))
             };
-            assert!(ok, "length byte {pos} bit {bit} (length {len}): {}", describe(&result));
+            assert!(
+                ok,
+                "length byte {pos} bit {bit} (length {len}): {}",
+                describe(&result)
+            );
         }
     }
 }
@@ -135,9 +139,17 @@ fn bit_flips_across_the_whole_header_never_verify() {
         let name = match &result {
             Err(BundleError::MalformedHeader { .. }) => "MalformedHeader",
             Err(BundleError::BadSignature { .. }) => "BadSignature",
-            Err(BundleError::ThresholdNotMet { valid: 0, required: 1, .. }) => "ThresholdNotMet",
+            Err(BundleError::ThresholdNotMet {
+                valid: 0,
+                required: 1,
+                ..
+            }) => "ThresholdNotMet",
             Err(BundleError::UnsupportedAlgorithm { .. }) => "UnsupportedAlgorithm",
-            other => panic!("header byte {} bit {bit}: {}", pos - header.start, describe(other)),
+            other => panic!(
+                "header byte {} bit {bit}: {}",
+                pos - header.start,
+                describe(other)
+            ),
         };
         *seen.entry(name).or_default() += 1;
     }
@@ -174,9 +186,11 @@ fn bit_flips_in_each_file_payload_never_verify() {
             let bad = flip(&fx.bytes, pos, bit);
             let result = verify_bytes(&bad, &fx.policy());
             let name = match &result {
-                Err(BundleError::Digest { path, expected, actual })
-                    if *path == file.path && *expected == file.sha256 && *actual != file.sha256 =>
-                {
+                Err(BundleError::Digest {
+                    path,
+                    expected,
+                    actual,
+                }) if *path == file.path && *expected == file.sha256 && *actual != file.sha256 => {
                     "Digest"
                 }
                 Err(BundleError::Decompress { path, .. }) if *path == file.path => "Decompress",
@@ -220,5 +234,9 @@ fn a_second_bundle_appended_is_trailing_data() {
     let mut bad = fx.bytes.clone();
     bad.extend_from_slice(&fx.bytes);
     let result = verify_bytes(&bad, &fx.policy());
-    assert!(matches!(result, Err(BundleError::TrailingData)), "{}", describe(&result));
+    assert!(
+        matches!(result, Err(BundleError::TrailingData)),
+        "{}",
+        describe(&result)
+    );
 }

@@ -45,7 +45,8 @@ fn assert_cut_at(fx: &BundleFixture, len: usize) {
 #[test]
 fn the_full_bundle_passes() {
     let fx = BundleFixture::two_files();
-    let (header, files) = verify_bytes(&fx.bytes, &fx.policy()).expect("the untouched bundle verifies");
+    let (header, files) =
+        verify_bytes(&fx.bytes, &fx.policy()).expect("the untouched bundle verifies");
     assert_eq!(header.manifest, fx.manifest);
     assert_eq!(header.payload_offset, fx.header_range().end as u64);
     assert_eq!(files.len(), 2);
@@ -55,8 +56,16 @@ fn the_full_bundle_passes() {
         assert_eq!(hex::encode(unpacked.sha256), sha256_hex(plain));
     }
     // The fixture really has two multi-byte frames (otherwise the samples below mean little).
-    assert!(fx.file_range(0).len() > 10_000, "model frame is {} bytes", fx.file_range(0).len());
-    assert!(fx.file_range(1).len() > 100, "labels frame is {} bytes", fx.file_range(1).len());
+    assert!(
+        fx.file_range(0).len() > 10_000,
+        "model frame is {} bytes",
+        fx.file_range(0).len()
+    );
+    assert!(
+        fx.file_range(1).len() > 100,
+        "labels frame is {} bytes",
+        fx.file_range(1).len()
+    );
 }
 
 #[test]
@@ -136,6 +145,9 @@ fn cut_into_a_staging_directory_leaves_nothing_outside_it() {
         result.map(|_| "Ok")
     );
     for path in tree(parent.path()) {
-        assert!(path.starts_with("staging"), "{path:?} was created outside staging");
+        assert!(
+            path.starts_with("staging"),
+            "{path:?} was created outside staging"
+        );
     }
 }

@@ -158,7 +158,11 @@ impl BundleFixture {
     }
 
     /// Like [`Self::new`] with a given key.
-    pub fn signed_by(manifest: Manifest, files: &[(&str, FileRole, Vec<u8>)], key: OperatorKey) -> Self {
+    pub fn signed_by(
+        manifest: Manifest,
+        files: &[(&str, FileRole, Vec<u8>)],
+        key: OperatorKey,
+    ) -> Self {
         let dir = tempdir();
         let path = dir.path().join("bundle.mint");
         let sources: Vec<FileSource> = files
@@ -184,7 +188,10 @@ impl BundleFixture {
             manifest,
             key,
             trust,
-            files: files.iter().map(|(p, _, d)| ((*p).to_owned(), d.clone())).collect(),
+            files: files
+                .iter()
+                .map(|(p, _, d)| ((*p).to_owned(), d.clone()))
+                .collect(),
         }
     }
 
@@ -244,7 +251,10 @@ impl BundleFixture {
 
 /// The sources of [`BundleFixture::two_files`].
 pub fn two_files() -> Vec<(&'static str, FileRole, Vec<u8>)> {
-    let labels: Vec<u8> = (0..1200).flat_map(|i| format!("label-{i:04}\n").into_bytes()).take(12 * 1024).collect();
+    let labels: Vec<u8> = (0..1200)
+        .flat_map(|i| format!("label-{i:04}\n").into_bytes())
+        .take(12 * 1024)
+        .collect();
     vec![
         ("model.onnx", FileRole::Model, pseudo_random(300 * 1024, 1)),
         ("assets/labels.txt", FileRole::Other, labels),
@@ -262,8 +272,17 @@ pub fn verify_bytes(bytes: &[u8], policy: &Policy<'_>) -> Result<Verified, Bundl
 }
 
 /// Verifies `bytes` with the streaming verifier, unpacking into `staging`.
-pub fn verify_into(bytes: &[u8], policy: &Policy<'_>, staging: &Path) -> Result<Verified, BundleError> {
-    verify_stream(&mut Cursor::new(bytes), policy, Sink::Directory(staging), &mut |_| {})
+pub fn verify_into(
+    bytes: &[u8],
+    policy: &Policy<'_>,
+    staging: &Path,
+) -> Result<Verified, BundleError> {
+    verify_stream(
+        &mut Cursor::new(bytes),
+        policy,
+        Sink::Directory(staging),
+        &mut |_| {},
+    )
 }
 
 /// A bundle from raw parts: magic, length, `header` as given, then `payload` as given.
@@ -283,7 +302,11 @@ pub fn craft(manifest_cbor: &[u8], keys: &[&OperatorKey], payload: &[u8]) -> Vec
 
 /// [`craft`] from a [`Manifest`] value, which need not pass [`Manifest::validate`].
 pub fn craft_manifest(manifest: &Manifest, keys: &[&OperatorKey], payload: &[u8]) -> Vec<u8> {
-    craft(&manifest.to_cbor().expect("manifest encodes"), keys, payload)
+    craft(
+        &manifest.to_cbor().expect("manifest encodes"),
+        keys,
+        payload,
+    )
 }
 
 /// A file for a crafted bundle: its honest manifest entry and its zstd frame.
@@ -392,7 +415,11 @@ impl<'a> SigSpec<'a> {
 /// is a real Ed25519 signature by its key over the Sig_structure, whatever `alg` says.
 pub fn cose_sign(payload: &[u8], sigs: &[SigSpec<'_>]) -> coset::CoseSign {
     let mut builder = CoseSignBuilder::new()
-        .protected(HeaderBuilder::new().content_type(CONTENT_TYPE.into()).build())
+        .protected(
+            HeaderBuilder::new()
+                .content_type(CONTENT_TYPE.into())
+                .build(),
+        )
         .payload(payload.to_vec());
     for spec in sigs {
         let kid = spec.key.kid().0.to_vec();
@@ -410,7 +437,8 @@ pub fn cose_sign(payload: &[u8], sigs: &[SigSpec<'_>]) -> coset::CoseSign {
             .protected(protected.build())
             .unprotected(unprotected.build())
             .build();
-        builder = builder.add_created_signature(signature, b"", |tbs| spec.key.sign(tbs).to_bytes().to_vec());
+        builder = builder
+            .add_created_signature(signature, b"", |tbs| spec.key.sign(tbs).to_bytes().to_vec());
     }
     builder.build()
 }
@@ -511,7 +539,9 @@ impl Read for FencedReader {
 
 /// Runs a command, panicking with its output if it cannot start or fails.
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed with {}\nstdout: {}\nstderr: {}",
@@ -524,7 +554,10 @@ pub fn run(cmd: &mut Command) -> Output {
 
 /// The repository root (the workspace).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
 }
 
 /// `n` offsets spread evenly over `range`, always including its first, middle and last.
