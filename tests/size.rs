@@ -442,3 +442,89 @@ fn a_frame_longer_than_its_declared_compressed_size_is_refused() {
         describe(&result)
     );
 }
+
+#[test]
+fn a_skippable_frame_cannot_smuggle_unhashed_bytes() {
+    // A zstd skippable frame decodes to nothing, so an empty file's region could carry bytes
+    // that are never hashed. Each region must be one standard zstd frame.
+    let k = key();
+    let (mut entry, _) = crafted_file("model.onnx", FileRole::Model, b"");
+    let mut skippable = vec![0x50, 0x2a, 0x4d, 0x18];
+    skippable.extend_from_slice(&8u32.to_le_bytes());
+    skippable.extend_from_slice(b"smuggled");
+    entry.compressed_size = skippable.len() as u64;
+    let (m, payload) = manifest_with(vec![(entry, skippable)]);
+    let bytes = craft_manifest(&m, &[&k], &payload);
+    let t = trust(&[&k], 1);
+    let result = verify_bytes(&bytes, &policy(&t));
+    assert!(
+        matches!(&result, Err(BundleError::Decompress { path, reason })
+            if path == "model.onnx" && reason.contains("does not start with a zstd frame")
+                && reason.contains("502a4d18")),
+        "{}",
+        describe(&result)
+    );
+}
+
+#[test]
+fn a_region_too_short_for_a_frame_is_refused() {
+    let k = key();
+    let (mut entry, _) = crafted_file("model.onnx", FileRole::Model, b"");
+    entry.compressed_size = 2;
+    let (m, payload) = manifest_with(vec![(entry, vec![0x28, 0xb5])]);
+    let bytes = craft_manifest(&m, &[&k], &payload);
+    let t = trust(&[&k], 1);
+    let result = verify_bytes(&bytes, &policy(&t));
+    assert!(
+        matches!(&result, Err(BundleError::Decompress { path, reason })
+            if path == "model.onnx" && reason.contains("found 28b5")),
+        "{}",
+        describe(&result)
+    );
+}
+
+#[test]
+fn a_compressed_size_above_the_compress_bound_is_refused_before_the_payload() {
+    // 100 plain bytes can never need 10 MiB of zstd frame: refuse the padding unread.
+    let k = key();
+    let (mut entry, _) = crafted_file("model.onnx", FileRole::Model, &[7u8; 100]);
+    entry.compressed_size = 10 << 20;
+    let (m, _) = manifest_with(vec![(entry, vec![])]);
+    let bytes = craft_manifest(&m, &[&k], &[]);
+    let end = header_end(&bytes);
+    let t = trust(&[&k], 1);
+    let mut input = FencedReader::new(bytes, end);
+    let result = verify_stream(&mut input, &policy(&t), Sink::Discard, &mut |_| {});
+    let bound = mint_updater::bundle::verify::compress_bound(100);
+    assert!(
+        matches!(&result, Err(BundleError::TooLarge { what, declared, limit })
+            if what == "the compressed frame of model.onnx" && *declared == 10 << 20 && *limit == bound),
+        "{}",
+        describe(&result)
+    );
+    assert!(!input.crossed, "a payload byte was asked for");
+}
+
+#[test]
+fn the_compress_bound_holds_for_incompressible_data() {
+    // Random bytes are the worst case for a compressor: our own builder's frames stay within
+    // the bound at several sizes around block boundaries.
+    for size in [
+        0usize,
+        1,
+        1000,
+        128 << 10,
+        (128 << 10) + 1,
+        1 << 20,
+        3 << 20,
+    ] {
+        let plain = pseudo_random(size, size as u64 + 1);
+        let frame = zstd_frame(&plain);
+        let bound = mint_updater::bundle::verify::compress_bound(size as u64);
+        assert!(
+            frame.len() as u64 <= bound,
+            "size {size}: frame {} > bound {bound}",
+            frame.len()
+        );
+    }
+}

@@ -62,13 +62,16 @@ pub fn check_unverified<R: Read + Send>(
     progress: &mut dyn FnMut(u64),
 ) -> Result<(UnverifiedHeader, Vec<UnpackedFile>)> {
     let header = read_unverified(input)?;
+    // Generous but finite: an operator's workstation, not a device; work stays bounded by
+    // what the (unverified) manifest declares and the user saw before signing.
     let limits = Limits {
         max_header_bytes: MAX_HEADER_BYTES_HARD,
-        max_file_bytes: u64::MAX,
-        max_files: usize::MAX,
-        max_bundle_bytes: u64::MAX,
+        max_file_bytes: 64 << 30,
+        max_files: 4096,
+        max_bundle_bytes: 256 << 30,
         max_window_log: 27,
     };
+    verify::check_declared_sizes(&header.manifest, &limits)?;
     let files = verify::unpack_files(
         input,
         &header.manifest.files,

@@ -19,6 +19,9 @@ use crate::error::{BundleError, Region, Result};
 use crate::keys::{KeyId, TrustStore};
 use crate::manifest::{FileEntry, Manifest};
 
+/// The magic number of a standard zstd frame, little-endian 0xFD2FB528.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
 /// Size of one chunk of plain bytes passed between the two threads.
 const CHUNK: usize = 256 * 1024;
 /// Chunks queued between the threads (plus two being worked on).
@@ -189,7 +192,11 @@ pub fn check_policy(manifest: &Manifest, policy: &Policy<'_>) -> Result<()> {
             });
         }
     }
-    let limits = &policy.limits;
+    check_declared_sizes(manifest, &policy.limits)
+}
+
+/// The declared sizes against the limits and the compress bound, before any payload byte.
+pub fn check_declared_sizes(manifest: &Manifest, limits: &Limits) -> Result<()> {
     if manifest.files.len() > limits.max_files {
         return Err(BundleError::TooLarge {
             what: "file count".into(),
@@ -205,6 +212,14 @@ pub fn check_policy(manifest: &Manifest, policy: &Policy<'_>) -> Result<()> {
                 limit: limits.max_file_bytes,
             });
         }
+        let bound = compress_bound(file.size);
+        if file.compressed_size > bound {
+            return Err(BundleError::TooLarge {
+                what: format!("the compressed frame of {}", file.path),
+                declared: file.compressed_size,
+                limit: bound,
+            });
+        }
     }
     if manifest.total_size() > limits.max_bundle_bytes {
         return Err(BundleError::TooLarge {
@@ -214,6 +229,21 @@ pub fn check_policy(manifest: &Manifest, policy: &Policy<'_>) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// The largest zstd frame any compressor can produce for `size` plain bytes: libzstd's
+/// `ZSTD_COMPRESSBOUND`, plus room for the frame header and per-block overheads of
+/// streaming and multi-threaded compression. A declared compressed size above it can only be
+/// padding that would be read for nothing.
+pub fn compress_bound(size: u64) -> u64 {
+    let small = if size < 128 << 10 {
+        ((128 << 10) - size) >> 11
+    } else {
+        0
+    };
+    size.saturating_add(size >> 8)
+        .saturating_add(small)
+        .saturating_add(1024)
 }
 
 /// Streams the payload that follows a verified header: decompresses each file within its
@@ -333,13 +363,29 @@ fn produce<R: Read>(
 ) -> Result<(), Stop> {
     let mut done = 0u64;
     for file in files {
-        let region = FrameRegion {
+        let mut region = FrameRegion {
             inner: &mut *input,
             remaining: file.compressed_size,
         };
         let decompress_err = |e: io::Error| decode_error(file, e);
+        // Each region is exactly one standard zstd frame: a skippable frame (whose bytes the
+        // decoder ignores, so they would never be hashed) or anything else is refused.
+        let mut magic = [0u8; 4];
+        let got = read_full(&mut region, &mut magic).map_err(decompress_err)?;
+        if got < magic.len() || magic != ZSTD_MAGIC {
+            return Err(BundleError::Decompress {
+                path: file.path.clone(),
+                reason: format!(
+                    "the payload region does not start with a zstd frame (magic {}), found {}",
+                    hex::encode(ZSTD_MAGIC),
+                    hex::encode(&magic[..got])
+                ),
+            }
+            .into());
+        }
+        let framed = io::Cursor::new(magic).chain(region);
         let mut decoder =
-            zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(64 * 1024, region))
+            zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(64 * 1024, framed))
                 .map_err(decompress_err)?
                 .single_frame();
         decoder
@@ -374,7 +420,7 @@ fn produce<R: Read>(
             .into());
         }
         let mut rest = decoder.finish();
-        let leftover = rest.buffer().len() as u64 + rest.get_ref().remaining;
+        let leftover = rest.buffer().len() as u64 + rest.get_ref().get_ref().1.remaining;
         if leftover > 0 {
             // Drain so that a cut file still reads as truncated, not as a bad frame.
             io::copy(&mut rest, &mut io::sink()).map_err(decompress_err)?;
