@@ -6,11 +6,10 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use mint_updater::Check;
 
 use crate::ctl::{self, Cli};
 use crate::exit;
@@ -48,25 +47,25 @@ impl Tour {
             .with_context(|| format!("demo step `mintctl {args}` should have succeeded"))
     }
 
-    fn expect_refused(&self, args: &str, check: Check) -> anyhow::Result<()> {
+    fn expect_refused(&self, args: &str, check: &str) -> anyhow::Result<()> {
         self.expect_refused_by(args, &[check])
     }
 
-    fn expect_refused_by(&self, args: &str, checks: &[Check]) -> anyhow::Result<()> {
+    fn expect_refused_by(&self, args: &str, checks: &[&str]) -> anyhow::Result<()> {
         match self.mintctl(args) {
-            Ok(()) => bail!("`mintctl {args}` accepted a bundle it must refuse"),
+            Ok(()) => bail!("`mintctl {args}` succeeded but must be refused"),
             Err(e) => {
-                let got = exit::refused_check(&e);
+                let got = exit::refusal(&e);
                 println!(
                     "  -> refused by check `{}` (exit {}): {}",
-                    got.map_or("none", Check::name),
+                    got.as_deref().unwrap_or("none"),
                     exit::code(&e) as i32,
                     e.chain()
                         .last()
                         .map(ToString::to_string)
                         .unwrap_or_default()
                 );
-                if !got.is_some_and(|g| checks.contains(&g)) {
+                if !got.as_deref().is_some_and(|g| checks.contains(&g)) {
                     bail!("expected one of {checks:?} to refuse, got {got:?}: {e:#}");
                 }
                 Ok(())
@@ -128,7 +127,7 @@ fn tour(dir: &Path) -> anyhow::Result<()> {
     t.expect_ok(
         "bundle create --model mlp.onnx --name mlp --version 1.0.0 --sequence 1 \
          --key operator.key --expires +30d --target generic --range input=-1:1 \
-         --golden auto:8 --out mlp-1.0.0.mint",
+         --golden auto:8 --trial-seconds 2 --out mlp-1.0.0.mint",
     )?;
 
     t.say("Inspect it, checking the signature against the operator's public key");
@@ -156,7 +155,7 @@ fn tour(dir: &Path) -> anyhow::Result<()> {
     // no longer decodes to its declared size: both refuse the bundle.
     t.expect_refused_by(
         "bundle verify tampered-model.mint --trust operator.pub",
-        &[Check::Digest, Check::Size],
+        &["digest", "size"],
     )?;
 
     t.say("Tamper with the signed manifest: the signature check refuses it");
@@ -167,32 +166,183 @@ fn tour(dir: &Path) -> anyhow::Result<()> {
     )?;
     t.expect_refused(
         "bundle verify tampered-header.mint --trust operator.pub",
-        Check::Signature,
+        "signature",
     )?;
 
     t.say("A device that trusts only another key refuses the bundle");
     t.expect_refused(
         "bundle verify mlp-1.0.0.mint --trust intruder.pub",
-        Check::Signature,
+        "signature",
     )?;
 
     t.say("A device that already runs sequence 2 refuses the older bundle (anti-rollback)");
     t.expect_refused(
         "bundle verify mlp-1.0.0.mint --trust operator.pub --min-sequence 2",
-        Check::Rollback,
+        "rollback",
     )?;
 
     t.say("Sixty days later the bundle has expired");
     let later = super::ctl::time_arg::now() + 60 * 86_400;
     t.expect_refused(
         &format!("bundle verify mlp-1.0.0.mint --trust operator.pub --now {later}"),
-        Check::Expiry,
+        "expiry",
     )?;
 
     t.say("A device of another class refuses it");
     t.expect_refused(
         "bundle verify mlp-1.0.0.mint --trust operator.pub --target jetson-nano",
-        Check::Target,
+        "target",
     )?;
+
+    device_tour(&mut t)
+}
+
+/// The device side: the real `mintd` service installs v1, then a v2 whose golden case fails
+/// on the device, and rolls back to v1 by itself.
+fn device_tour(t: &mut Tour) -> anyhow::Result<()> {
+    let dir = t.dir.clone();
+    t.say("Build v2 of the model, deliberately broken: one golden expectation is wrong");
+    t.expect_ok("bundle verify mlp-1.0.0.mint --trust operator.pub --unpack v1-files")?;
+    let mut golden: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("v1-files/golden.json"))?)?;
+    let value = &mut golden["cases"][0]["outputs"][0]["data"][0];
+    *value = serde_json::json!(value.as_f64().unwrap_or(0.0) + 1.0);
+    fs::write(dir.join("broken-golden.json"), golden.to_string())?;
+    println!("  (added 1.0 to the first expected output of golden case #0)");
+    t.expect_ok(
+        "bundle create --model mlp.onnx --name mlp --version 2.0.0 --sequence 2 \
+         --key operator.key --expires +30d --target generic --golden broken-golden.json \
+         --no-golden-check --out mlp-2.0.0.mint",
+    )?;
+
+    t.say("Start the mintd service (a child process) trusting the operator's key");
+    let daemon = Daemon::start(&dir)?;
+    println!(
+        "  mintd pid {} ready on {} after {} ms",
+        daemon.child.id(),
+        daemon.socket.display(),
+        daemon.ready_ms
+    );
+    let socket = format!("--socket {}", daemon.socket.display());
+
+    t.say("Install v1: verified, stored, measured, activated, health-checked, on trial");
+    t.expect_ok(&format!("{socket} install mlp-1.0.0.mint"))?;
+    wait_committed(&daemon.socket, "mlp", Duration::from_secs(10))?;
+    println!("  (the 2 s trial window passed: v1 is committed)");
+    t.expect_ok(&format!("{socket} status"))?;
+
+    t.say("Install v2: its golden case fails on the device, so mintd rolls back to v1");
+    let before = Instant::now();
+    t.expect_refused(&format!("{socket} install mlp-2.0.0.mint"), "health")?;
+    println!(
+        "  (install, health check and rollback took {} ms)",
+        before.elapsed().as_millis()
+    );
+    t.expect_ok(&format!("{socket} status"))?;
+
+    t.say("The failed v2 is quarantined: the same bundle is refused without a second try");
+    t.expect_refused(&format!("{socket} install mlp-2.0.0.mint"), "quarantine")?;
+    t.expect_ok(&format!("{socket} models"))?;
+
+    t.say("The timeline, as the daemon recorded it");
+    t.expect_ok(&format!("{socket} events --limit 50"))?;
+    drop(daemon);
     Ok(())
+}
+
+/// A `mintd` child process on a temporary config, stopped on drop.
+struct Daemon {
+    child: std::process::Child,
+    socket: PathBuf,
+    ready_ms: u128,
+}
+
+impl Daemon {
+    fn start(dir: &Path) -> anyhow::Result<Self> {
+        let trust = dir.join("trust.d");
+        fs::create_dir_all(&trust)?;
+        fs::copy(dir.join("operator.pub"), trust.join("operator.pub"))?;
+        let socket = dir.join("mintd.sock");
+        let config = format!(
+            "[device]\nid = \"demo-device\"\nclass = \"generic\"\n\n[paths]\nstate_dir = {:?}\nsocket = {:?}\n\n[trust]\nkeys_dir = {:?}\n",
+            dir.join("state"),
+            socket,
+            trust
+        );
+        fs::write(dir.join("mintd.toml"), config)?;
+        let log = fs::File::create(dir.join("mintd.log"))?;
+        let start = Instant::now();
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .arg("--config")
+            .arg(dir.join("mintd.toml"))
+            .env("MINT_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start mintd")?;
+        let mut daemon = Daemon {
+            child,
+            socket,
+            ready_ms: 0,
+        };
+        let client = crate::client::Client::new(&daemon.socket);
+        loop {
+            if client.get("/v2/health/ready").is_ok() {
+                break;
+            }
+            if let Some(status) = daemon.child.try_wait()? {
+                bail!(
+                    "mintd exited ({status}) before it was ready; see {}",
+                    dir.join("mintd.log").display()
+                );
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "mintd was not ready after 30 s; see {}",
+                    dir.join("mintd.log").display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        daemon.ready_ms = start.elapsed().as_millis();
+        Ok(daemon)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_committed(socket: &Path, name: &str, timeout: Duration) -> anyhow::Result<()> {
+    let client = crate::client::Client::new(socket);
+    let start = Instant::now();
+    loop {
+        let models = client.get("/v1/models")?;
+        let committed =
+            models["models"].as_array().into_iter().flatten().any(|m| {
+                m["name"] == name && m["committed"].is_object() && m["candidate"].is_null()
+            });
+        if committed {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "{name} was not committed within {} s: {models}",
+                timeout.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -2,6 +2,8 @@
 
 use mint_updater::{BundleError, Check};
 
+use crate::client::ClientError;
+
 /// Exit codes of `mintctl` and `mintd`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -23,9 +25,21 @@ pub fn refused_check(err: &anyhow::Error) -> Option<Check> {
         .filter(|c| *c != Check::Io)
 }
 
+/// The name of the check that refused, locally or in the daemon (`health`, `quarantine`
+/// and every bundle check).
+pub fn refusal(err: &anyhow::Error) -> Option<String> {
+    refused_check(err).map(|c| c.name().to_owned()).or_else(|| {
+        err.chain()
+            .find_map(|e| match e.downcast_ref::<ClientError>() {
+                Some(ClientError::Api { check: Some(c), .. }) if c != "io" => Some(c.clone()),
+                _ => None,
+            })
+    })
+}
+
 /// Exit code for an error.
 pub fn code(err: &anyhow::Error) -> Exit {
-    if refused_check(err).is_some() {
+    if refusal(err).is_some() {
         Exit::Refused
     } else {
         Exit::Failure
@@ -35,12 +49,12 @@ pub fn code(err: &anyhow::Error) -> Exit {
 /// Prints the error (one line, then the cause chain) to stderr, or as JSON to stdout, and
 /// returns the exit code.
 pub fn report(err: &anyhow::Error, json: bool) -> i32 {
-    let check = refused_check(err);
+    let check = refusal(err);
     if json {
         let causes: Vec<String> = err.chain().skip(1).map(|e| e.to_string()).collect();
         let body = serde_json::json!({
             "error": err.to_string(),
-            "check": check.map(Check::name),
+            "check": check,
             "causes": causes,
         });
         println!("{body}");

@@ -11,7 +11,8 @@
 //! - `BENCH_GIB`: size of the model in GiB (default 1; fractions such as 0.25 for a quick run);
 //! - `BENCH_RUNS`: best-of-N, interleaved (default 3);
 //! - `BENCH_TMPDIR`: where the temporary files go (about 3.2 × the model size at the peak);
-//!   default `<target dir>/bench-tmp`, on the disk and not on a tmpfs.
+//!   default `<target dir>/bench-tmp`, on the disk and not on a tmpfs;
+//! - `BENCH_KEEP`: if set, the temporary files are left in place (their path is printed).
 //!
 //! The bench reports and never asserts on its figures (project rule: performance is measured
 //! in benchmarks that print ratios against a reference measured in the same run). It does
@@ -346,9 +347,14 @@ fn main() {
     println!("load average (1, 5, 15 min): start {load_start}, end {load_end}");
     println!("MB = 10^6 bytes of plain model; ratios are reference time / time (> 1: faster).");
 
-    // 7. Clean up (the TempDir also removes everything if a step above panicked).
-    drop(tmp);
-    let _ = fs::remove_dir(&base);
+    // 7. Clean up (the TempDir also removes everything if a step above panicked), unless
+    // BENCH_KEEP asks to keep the files for a closer look (e.g. a child run under strace).
+    if env::var_os("BENCH_KEEP").is_some() {
+        println!("kept the temporary files in {}", tmp.keep().display());
+    } else {
+        drop(tmp);
+        let _ = fs::remove_dir(&base);
+    }
 }
 
 #[derive(Clone, Copy)]

@@ -172,6 +172,20 @@ impl TrustStore {
         Self::new(keys, threshold)
     }
 
+    /// A store that trusts nothing: every bundle is refused with "threshold not met". A device
+    /// with no keys configured runs (status, health) but installs nothing.
+    pub fn empty(threshold: usize) -> Self {
+        TrustStore {
+            keys: BTreeMap::new(),
+            threshold: threshold.max(1),
+        }
+    }
+
+    /// The trusted keys.
+    pub fn keys(&self) -> impl Iterator<Item = &VerifyingKey> {
+        self.keys.values()
+    }
+
     /// The trusted key with this id.
     pub fn get(&self, kid: &KeyId) -> Option<&VerifyingKey> {
         self.keys.get(kid)

@@ -3,6 +3,7 @@
 
 pub mod bundle;
 pub mod config_cmd;
+pub mod device;
 pub mod key;
 pub mod progress;
 pub mod time_arg;
@@ -16,6 +17,9 @@ pub struct Cli {
     /// Machine-readable output (one JSON document on stdout; errors as {"error": ...}).
     #[arg(long, global = true)]
     pub json: bool,
+    /// The daemon's socket (default $MINTD_SOCKET, else /run/mintd/mintd.sock).
+    #[arg(long, global = true)]
+    pub socket: Option<std::path::PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -33,6 +37,19 @@ pub enum Command {
     /// Configuration files.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// Ask the local daemon to install a bundle.
+    Install(device::InstallArgs),
+    /// The daemon's status: device, uptime, models served.
+    Status,
+    /// Every installed model with its lifecycle state.
+    Models,
+    /// Roll a model back (a model on trial, or the committed one to the previous).
+    Rollback {
+        /// Model name.
+        name: String,
+    },
+    /// Lifecycle and security events.
+    Events(device::EventsArgs),
 }
 
 /// Runs a parsed command line.
@@ -41,5 +58,14 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Key(cmd) => key::run(cmd, cli.json),
         Command::Bundle(cmd) => bundle::run(cmd.as_ref(), cli.json),
         Command::Config(cmd) => config_cmd::run(cmd, cli.json),
+        Command::Install(args) => device::install(&client(cli), args, cli.json),
+        Command::Status => device::status(&client(cli), cli.json),
+        Command::Models => device::models(&client(cli), cli.json),
+        Command::Rollback { name } => device::rollback(&client(cli), name, cli.json),
+        Command::Events(args) => device::events(&client(cli), args, cli.json),
     }
+}
+
+fn client(cli: &Cli) -> crate::client::Client {
+    crate::client::Client::new(device::socket_path(cli.socket.as_ref()))
 }

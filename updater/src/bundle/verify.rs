@@ -85,6 +85,10 @@ pub struct VerifiedHeader {
     pub untrusted_signers: Vec<String>,
     /// Length of the framing plus header: where the payload starts.
     pub payload_offset: u64,
+    /// The signed header (COSE_Sign) as received, so that a store can be re-verified later.
+    pub signed_header: Vec<u8>,
+    /// The authenticated manifest bytes (the COSE payload; `manifest_sha256` is their digest).
+    pub manifest_cbor: Vec<u8>,
 }
 
 /// Where verified files go.
@@ -121,6 +125,8 @@ pub fn read_header<R: Read>(input: &mut R, policy: &Policy<'_>) -> Result<Verifi
         signers: signers.trusted,
         untrusted_signers: signers.untrusted,
         payload_offset: (MAGIC.len() + 4 + header_bytes.len()) as u64,
+        manifest_cbor: manifest_bytes.to_vec(),
+        signed_header: header_bytes,
     })
 }
 

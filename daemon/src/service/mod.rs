@@ -1,0 +1,232 @@
+//! The `mintd` service: the update core, the loaded models, the local API on the Unix socket,
+//! systemd notifications. `run` is everything `mintd [--config]` does.
+
+pub mod api;
+pub mod peer;
+pub mod probe;
+pub mod registry;
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use mint_config::Config;
+use mint_updater::updater::{Updater, UpdaterConfig};
+use mint_updater::{Limits, TrustStore};
+use tokio::net::UnixListener;
+
+use crate::notify::Notifier;
+use api::AppState;
+use peer::{AdminPolicy, Peer};
+use registry::Registry;
+
+/// Runs the service until SIGTERM or SIGINT.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .thread_name("mintd")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+/// The trusted keys of the configuration: `trust.keys` plus every `*.pub` in `trust.keys_dir`.
+pub fn trust_store(config: &Config) -> anyhow::Result<TrustStore> {
+    let mut paths: Vec<PathBuf> = config.trust.keys.clone();
+    if let Some(dir) = &config.trust.keys_dir {
+        if dir.is_dir() {
+            paths.push(dir.clone());
+        }
+    }
+    let keys = if paths.is_empty() {
+        Vec::new()
+    } else {
+        let all = TrustStore::load(&paths, 1).context("cannot load trusted keys")?;
+        all.keys().cloned().collect()
+    };
+    let threshold = config.trust.threshold as usize;
+    if keys.is_empty() {
+        tracing::warn!("no trusted keys configured (trust.keys, trust.keys_dir): every install will be refused");
+        return Ok(TrustStore::empty(threshold));
+    }
+    TrustStore::new(keys, threshold).context("trust.threshold cannot be met by the trusted keys")
+}
+
+/// The limits a device enforces, from the configuration.
+pub fn limits(config: &Config) -> Limits {
+    Limits {
+        max_header_bytes: config.limits.max_header_bytes,
+        max_file_bytes: config.limits.max_file_bytes,
+        max_files: config.limits.max_files as usize,
+        max_bundle_bytes: config.limits.max_bundle_bytes,
+        max_window_log: config.limits.max_zstd_window_log,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let notifier = Notifier::from_env().context("NOTIFY_SOCKET is unusable")?;
+    let config = Arc::new(config);
+    fs::create_dir_all(&config.paths.state_dir).with_context(|| {
+        format!(
+            "cannot create state directory {}",
+            config.paths.state_dir.display()
+        )
+    })?;
+    let registry = Arc::new(Registry::default());
+    let admin = AdminPolicy::new(config.api.admin_group.as_deref()).map_err(anyhow::Error::msg)?;
+    let _ = notifier.status("recovering update state");
+    let updater = {
+        let config = config.clone();
+        let registry = registry.clone();
+        tokio::task::spawn_blocking(move || open_updater(&config, registry)).await??
+    };
+    let updater = Arc::new(updater);
+    let state = Arc::new(AppState {
+        updater: updater.clone(),
+        registry: registry.clone(),
+        admin,
+        config: config.clone(),
+        started,
+        ready: false.into(),
+    });
+    let listener = bind(&config.paths.socket, config.api.socket_mode)?;
+    state.ready.store(true, Ordering::Release);
+    let serving = registry.all().len();
+    tracing::info!(
+        socket = %config.paths.socket.display(),
+        models = serving,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "mintd ready"
+    );
+    let _ = notifier.ready();
+    let _ = notifier.status(&format!("serving {serving} model(s)"));
+
+    let ticker = {
+        let updater = updater.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                interval.tick().await;
+                let u = updater.clone();
+                let _ = tokio::task::spawn_blocking(move || u.tick()).await;
+            }
+        })
+    };
+    let watchdog = notifier.watchdog_interval().map(|every| {
+        let notifier = notifier.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(every);
+            loop {
+                interval.tick().await;
+                let _ = notifier.watchdog();
+            }
+        })
+    });
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
+                };
+                let peer = match stream.peer_cred() {
+                    Ok(c) => Peer { uid: c.uid(), gid: c.gid(), pid: c.pid() },
+                    Err(e) => { tracing::warn!(error = %e, "no peer credentials; connection dropped"); continue; }
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| api::handle(req, state.clone(), peer));
+                    if let Err(e) = http1::Builder::new()
+                        .max_buf_size(64 * 1024)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                    {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!("stopping");
+    let _ = notifier.stopping();
+    ticker.abort();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    let _ = fs::remove_file(&config.paths.socket);
+    Ok(())
+}
+
+fn open_updater(config: &Config, registry: Arc<Registry>) -> anyhow::Result<Updater> {
+    let trust = trust_store(config)?;
+    let measurer = Arc::new(
+        probe::LogMeasurer::open(
+            config.paths.state_dir.join("measurements.log"),
+            u8::try_from(config.attest.pcr).context("attest.pcr is above 23")?,
+        )
+        .map_err(anyhow::Error::msg)?,
+    );
+    let probe = Arc::new(probe::TractProbe {
+        registry: registry.clone(),
+    });
+    let on_serve = {
+        let registry = registry.clone();
+        Box::new(
+            move |name: &str, model: Option<&mint_updater::updater::InstalledModel>| {
+                if let Err(e) = registry.serve(name, model) {
+                    tracing::error!(model = name, error = %e, "cannot load the model to serve");
+                }
+            },
+        )
+    };
+    let updater_config = UpdaterConfig {
+        state_dir: config.paths.state_dir.clone(),
+        trust,
+        limits: limits(config),
+        device_targets: vec![config.device.class.clone(), config.device.arch.clone()],
+        retain: config.update.retain as usize,
+        health_timeout: Duration::from_millis(config.update.health_timeout_ms),
+        trial_max_restarts: config.update.trial_max_restarts,
+        on_serve: Some(on_serve),
+    };
+    Updater::open(updater_config, probe, measurer).context("cannot open the update state")
+}
+
+/// Binds the API socket with the configured mode, replacing a stale socket file (never
+/// anything else).
+fn bind(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            fs::remove_file(path)
+                .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+        }
+        Ok(_) => bail!(
+            "{} exists and is not a socket: refusing to replace it",
+            path.display()
+        ),
+        Err(_) => {}
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set mode {mode:o} on {}", path.display()))?;
+    Ok(listener)
+}
