@@ -174,9 +174,9 @@ pub struct Update {
     pub retain: u32,
     /// Time the health check (golden cases) may take, in milliseconds.
     pub health_timeout_ms: u64,
-    /// Requests served by a new model before its trial can end.
+    /// Upper bound on the trial window's request count (the manifest asks, this caps).
     pub trial_requests: u64,
-    /// Length of the trial window, in seconds.
+    /// Upper bound on the trial window's length in seconds (the manifest asks, this caps).
     pub trial_seconds: u64,
     /// Daemon restarts tolerated during a trial before the model is rolled back.
     pub trial_max_restarts: u32,

@@ -114,6 +114,9 @@ pub struct UpdaterConfig {
     pub health_timeout: Duration,
     /// Restarts during a trial that roll the candidate back.
     pub trial_max_restarts: u32,
+    /// Device-side caps on the trial window the manifest asks for (requests, seconds): a
+    /// device can shorten how long it stays on trial, never lengthen what the operator signed.
+    pub trial_cap: (u32, u32),
     /// Told synchronously of every `Serve` action, including recovery inside
     /// [`Updater::open`]. It runs while the updater holds its transition lock: it may call
     /// [`Updater::serving`], [`Updater::models`], [`Updater::record_request`], but not
@@ -131,6 +134,7 @@ impl std::fmt::Debug for UpdaterConfig {
             .field("retain", &self.retain)
             .field("health_timeout", &self.health_timeout)
             .field("trial_max_restarts", &self.trial_max_restarts)
+            .field("trial_cap", &self.trial_cap)
             .field("on_serve", &self.on_serve.as_ref().map(|_| "callback"))
             .finish()
     }
@@ -923,7 +927,10 @@ impl Updater {
             .as_ref()
             .and_then(|c| self.manifest(&c.rev.digest).ok())
             .map_or_else(HealthCheck::default, |m| m.health);
-        TrialPolicy::from_health(&health, self.config.trial_max_restarts)
+        let mut policy = TrialPolicy::from_health(&health, self.config.trial_max_restarts);
+        policy.requests = policy.requests.min(self.config.trial_cap.0);
+        policy.seconds = policy.seconds.min(self.config.trial_cap.1);
+        policy
     }
 
     /// The store entry of `rev`, with its manifest checked against the digest; a damaged

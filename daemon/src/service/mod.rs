@@ -201,6 +201,10 @@ fn open_updater(config: &Config, registry: Arc<Registry>) -> anyhow::Result<Upda
         retain: config.update.retain as usize,
         health_timeout: Duration::from_millis(config.update.health_timeout_ms),
         trial_max_restarts: config.update.trial_max_restarts,
+        trial_cap: (
+            u32::try_from(config.update.trial_requests).unwrap_or(u32::MAX),
+            u32::try_from(config.update.trial_seconds).unwrap_or(u32::MAX),
+        ),
         on_serve: Some(on_serve),
     };
     Updater::open(updater_config, probe, measurer).context("cannot open the update state")

@@ -139,6 +139,7 @@ impl Fixture {
             retain: self.retain,
             health_timeout: self.health_timeout,
             trial_max_restarts: self.trial_max_restarts,
+            trial_cap: (u32::MAX, u32::MAX),
             on_serve: Some(Box::new(
                 move |name: &str, model: Option<&InstalledModel>| {
                     served
