@@ -288,7 +288,30 @@ fn update_error(e: &UpdateError) -> Reply {
         }
         _ => (StatusCode::INTERNAL_SERVER_ERROR, None),
     };
+    // The device ran out of space (staging, store): its fault, not the request's.
+    let status = if out_of_space(e) {
+        StatusCode::INSUFFICIENT_STORAGE
+    } else {
+        status
+    };
     error(status, &error_chain(e), check)
+}
+
+/// Whether an OS error in the chain says the disk (or the quota) is full.
+fn out_of_space(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            if matches!(
+                io.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            ) {
+                return true;
+            }
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// The error and its causes on one line, skipping causes already quoted by their parent.

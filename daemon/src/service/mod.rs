@@ -109,16 +109,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "mintd ready"
     );
     let _ = notifier.ready();
-    let _ = notifier.status(&format!("serving {serving} model(s)"));
+    let _ = notifier.status(&status_line(&registry));
 
     let ticker = {
         let updater = updater.clone();
+        let registry = registry.clone();
+        let notifier = notifier.clone();
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(Duration::from_secs(1));
+            let mut last_status = String::new();
             loop {
                 interval.tick().await;
                 let u = updater.clone();
                 let _ = tokio::task::spawn_blocking(move || u.tick()).await;
+                // systemctl status shows what is served now, not what was served at start.
+                let status = status_line(&registry);
+                if status != last_status {
+                    let _ = notifier.status(&status);
+                    last_status = status;
+                }
             }
         })
     };
@@ -171,6 +180,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `STATUS=` text: what is served.
+fn status_line(registry: &Registry) -> String {
+    let models = registry.all();
+    if models.is_empty() {
+        return "serving no model".into();
+    }
+    let names: Vec<String> = models
+        .iter()
+        .map(|m| format!("{} {}", m.installed.name, m.installed.rev.version))
+        .collect();
+    format!("serving {}", names.join(", "))
+}
+
 fn open_updater(config: &Config, registry: Arc<Registry>) -> anyhow::Result<Updater> {
     let trust = trust_store(config)?;
     let measurer = Arc::new(
@@ -219,6 +241,14 @@ fn bind(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
     }
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
+            // A socket someone still accepts on is not stale: replacing it would orphan that
+            // daemon (and its shutdown would later delete our socket).
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                bail!(
+                    "{} is in use: another process (another mintd?) is listening on it",
+                    path.display()
+                );
+            }
             fs::remove_file(path)
                 .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
         }
