@@ -369,10 +369,13 @@ impl Updater {
             Ok(guard) => guard,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => {
-                return Err(UpdateError::Busy {
-                    name: None,
-                    reason: "another install is in progress".into(),
-                })
+                return Err(self.refuse(
+                    None,
+                    UpdateError::Busy {
+                        name: None,
+                        reason: "another install is in progress".into(),
+                    },
+                ))
             }
         };
         self.install_locked(input, progress)

@@ -186,11 +186,24 @@ async fn install(req: Request<Incoming>, state: &AppState) -> Reply {
                     None,
                 ),
             };
+        if !std::path::Path::new(&path).is_absolute() {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("install path {path:?} must be absolute (the daemon has its own working directory)"),
+                None,
+            );
+        }
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("cannot open bundle {path} as the mintd user: {e}"),
+                    None,
+                )
+            }
+        };
         tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::open(&path).map_err(|source| UpdateError::Store {
-                context: format!("opening {path}"),
-                source,
-            })?;
             let mut input = io::BufReader::with_capacity(128 * 1024, file);
             updater.try_install(&mut input, &mut |_| {})
         })

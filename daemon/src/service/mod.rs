@@ -117,7 +117,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let notifier = notifier.clone();
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(Duration::from_secs(1));
-            let mut last_status = String::new();
+            let mut last_status = status_line(&registry);
             loop {
                 interval.tick().await;
                 let u = updater.clone();

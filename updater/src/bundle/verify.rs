@@ -560,6 +560,22 @@ impl std::fmt::Display for CutShort {
 
 impl std::error::Error for CutShort {}
 
+/// An error of the underlying input while reading a frame.
+#[derive(Debug)]
+struct InputFailed(io::Error);
+
+impl std::fmt::Display for InputFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for InputFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
 impl<R: Read> Read for FrameRegion<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.remaining == 0 {
@@ -568,7 +584,12 @@ impl<R: Read> Read for FrameRegion<'_, R> {
         let want = buf
             .len()
             .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
-        let n = self.inner.read(&mut buf[..want])?;
+        // An error of the input itself (a cut upload, a failing disk) is not the bundle's
+        // fault: mark it so it is reported as I/O, not as a corrupt frame.
+        let n = self
+            .inner
+            .read(&mut buf[..want])
+            .map_err(|e| io::Error::new(e.kind(), InputFailed(e)))?;
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -589,6 +610,12 @@ fn decode_error(file: &FileEntry, e: io::Error) -> Stop {
             region: Region::File(file.path.clone()),
             expected: cut.0,
         });
+    }
+    if let Some(InputFailed(inner)) = e.get_ref().and_then(|i| i.downcast_ref::<InputFailed>()) {
+        return Stop::Bundle(BundleError::io(
+            format!("reading the payload of {}", file.path),
+            io::Error::new(inner.kind(), inner.to_string()),
+        ));
     }
     Stop::Bundle(BundleError::Decompress {
         path: file.path.clone(),
