@@ -274,9 +274,7 @@ mod tests {
         {
             let db = StateDb::open(&path).unwrap();
             assert_eq!(db.get("m").unwrap(), None);
-            let stored = db
-                .commit("m", &record, &[event("a"), event("b")])
-                .unwrap();
+            let stored = db.commit("m", &record, &[event("a"), event("b")]).unwrap();
             assert_eq!(stored.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 2]);
             db.commit("n", &ModelRecord::new("n"), &[]).unwrap();
         }
