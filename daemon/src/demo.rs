@@ -73,6 +73,26 @@ impl Tour {
         }
     }
 
+    /// A command that must fail (not a bundle check: a refused request) with `part` in its
+    /// innermost cause.
+    fn expect_failed(&self, args: &str, part: &str) -> anyhow::Result<()> {
+        match self.mintctl(args) {
+            Ok(()) => bail!("`mintctl {args}` succeeded but must be refused"),
+            Err(e) => {
+                let cause = e
+                    .chain()
+                    .last()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                println!("  -> refused (exit {}): {cause}", exit::code(&e) as i32);
+                if !cause.contains(part) {
+                    bail!("expected {part:?} in the refusal, got: {e:#}");
+                }
+                Ok(())
+            }
+        }
+    }
+
     fn flip(&self, from: &str, to: &str, offset: u64) -> anyhow::Result<()> {
         let mut bytes = fs::read(self.dir.join(from))?;
         let at = offset as usize;
@@ -243,6 +263,22 @@ fn device_tour(t: &mut Tour) -> anyhow::Result<()> {
     t.say("The failed v2 is quarantined: the same bundle is refused without a second try");
     t.expect_refused(&format!("{socket} install mlp-2.0.0.mint"), "quarantine")?;
     t.expect_ok(&format!("{socket} models"))?;
+
+    t.say("Local inference through the daemon; the guard refuses a hostile request");
+    let request = |first: f64| {
+        let mut data = vec![0.1f64; 16];
+        data[0] = first;
+        serde_json::json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data": data}]})
+            .to_string()
+    };
+    fs::write(dir.join("request.json"), request(0.5))?;
+    fs::write(dir.join("hostile.json"), request(1e39))?;
+    t.expect_ok(&format!("{socket} infer mlp --input request.json"))?;
+    println!("  (hostile.json: the first value is 1e39, infinity as FP32)");
+    t.expect_failed(
+        &format!("{socket} infer mlp --input hostile.json"),
+        "NaN and infinite values are refused",
+    )?;
 
     t.say("The timeline, as the daemon recorded it");
     t.expect_ok(&format!("{socket} events --limit 50"))?;

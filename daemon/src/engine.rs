@@ -93,18 +93,34 @@ impl Engine {
 
     /// Runs one inference on v2 tensors, given in any order but naming every input.
     pub fn run(&self, inputs: &[V2Tensor]) -> Result<Vec<V2Tensor>, EngineError> {
+        let named = inputs
+            .iter()
+            .map(|t| Ok((t.name.clone(), t.to_tract()?)))
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        self.run_tensors(named)?
+            .iter()
+            .map(|(name, t)| Ok(V2Tensor::from_tract(name, t)?))
+            .collect()
+    }
+
+    /// Runs one inference on named tract tensors, given in any order but naming every input
+    /// exactly once; returns every output, named, in the model's order.
+    pub fn run_tensors(
+        &self,
+        mut inputs: Vec<(String, Tensor)>,
+    ) -> Result<Vec<(String, Tensor)>, EngineError> {
+        let given = inputs.len();
         let mut ordered = TVec::new();
         for spec in &self.inputs {
-            let tensor = inputs
+            let at = inputs
                 .iter()
-                .find(|t| t.name == spec.name)
+                .position(|(name, _)| *name == spec.name)
                 .ok_or_else(|| EngineError::Inputs(format!("missing input {:?}", spec.name)))?;
-            ordered.push(tensor.to_tract()?.into_tvalue());
+            ordered.push(inputs.swap_remove(at).1.into_tvalue());
         }
-        if inputs.len() != self.inputs.len() {
+        if !inputs.is_empty() {
             return Err(EngineError::Inputs(format!(
-                "{} inputs given, the model has {}",
-                inputs.len(),
+                "{given} inputs given, the model has {}",
                 self.inputs.len()
             )));
         }
@@ -112,11 +128,12 @@ impl Engine {
             .plan
             .run(ordered)
             .map_err(|e| EngineError::Run(format!("{e:#}")))?;
-        outputs
+        Ok(self
+            .outputs
             .iter()
-            .zip(&self.outputs)
-            .map(|(t, spec)| Ok(V2Tensor::from_tract(&spec.name, t)?))
-            .collect()
+            .zip(outputs)
+            .map(|(spec, t)| (spec.name.clone(), t.into_tensor()))
+            .collect())
     }
 }
 

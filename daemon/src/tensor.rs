@@ -227,3 +227,215 @@ pub fn datatype_of(dt: DatumType) -> Option<DataType> {
         _ => return None,
     })
 }
+
+/// The values of one tensor in their own element type, flat and row-major: what the
+/// inference endpoint checks and hands to tract without a detour through JSON values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorData {
+    /// `BOOL`.
+    Bool(Vec<bool>),
+    /// `UINT8`.
+    U8(Vec<u8>),
+    /// `INT8`.
+    I8(Vec<i8>),
+    /// `INT16`.
+    I16(Vec<i16>),
+    /// `INT32`.
+    I32(Vec<i32>),
+    /// `INT64`.
+    I64(Vec<i64>),
+    /// `FP32`.
+    F32(Vec<f32>),
+    /// `FP64`.
+    F64(Vec<f64>),
+}
+
+/// Applies `$body` to the vector inside any [`TensorData`] variant.
+macro_rules! each_variant {
+    ($data:expr, $v:ident => $body:expr) => {
+        match $data {
+            TensorData::Bool($v) => $body,
+            TensorData::U8($v) => $body,
+            TensorData::I8($v) => $body,
+            TensorData::I16($v) => $body,
+            TensorData::I32($v) => $body,
+            TensorData::I64($v) => $body,
+            TensorData::F32($v) => $body,
+            TensorData::F64($v) => $body,
+        }
+    };
+}
+
+impl TensorData {
+    /// The element type.
+    pub fn datatype(&self) -> DataType {
+        match self {
+            TensorData::Bool(_) => DataType::BOOL,
+            TensorData::U8(_) => DataType::UINT8,
+            TensorData::I8(_) => DataType::INT8,
+            TensorData::I16(_) => DataType::INT16,
+            TensorData::I32(_) => DataType::INT32,
+            TensorData::I64(_) => DataType::INT64,
+            TensorData::F32(_) => DataType::FP32,
+            TensorData::F64(_) => DataType::FP64,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        each_variant!(self, v => v.len())
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Element `index` as f64 (booleans as 0 and 1), for range and sanity checks.
+    pub fn get_f64(&self, index: usize) -> Option<f64> {
+        Some(match self {
+            TensorData::Bool(v) => f64::from(u8::from(*v.get(index)?)),
+            TensorData::U8(v) => f64::from(*v.get(index)?),
+            TensorData::I8(v) => f64::from(*v.get(index)?),
+            TensorData::I16(v) => f64::from(*v.get(index)?),
+            TensorData::I32(v) => f64::from(*v.get(index)?),
+            TensorData::I64(v) => *v.get(index)? as f64,
+            TensorData::F32(v) => f64::from(*v.get(index)?),
+            TensorData::F64(v) => *v.get(index)?,
+        })
+    }
+
+    /// The first NaN or infinite element (index and value); `None` for integer types.
+    pub fn first_non_finite(&self) -> Option<(usize, f64)> {
+        match self {
+            TensorData::F32(v) => v
+                .iter()
+                .position(|x| !x.is_finite())
+                .map(|i| (i, f64::from(v[i]))),
+            TensorData::F64(v) => v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i])),
+            _ => None,
+        }
+    }
+
+    /// Decodes little-endian, row-major bytes (the binary tensor extension of the v2
+    /// protocol; `BOOL` is one byte, 0 or 1). `Err` says why the bytes do not fit.
+    pub fn from_le_bytes(datatype: DataType, bytes: &[u8]) -> Result<Self, String> {
+        let size = datatype.size();
+        if !bytes.len().is_multiple_of(size) {
+            return Err(format!(
+                "{} bytes is not a whole number of {} elements ({size} bytes each)",
+                bytes.len(),
+                datatype.name()
+            ));
+        }
+        macro_rules! decode {
+            ($t:ty, $variant:ident) => {
+                TensorData::$variant(
+                    bytes
+                        .chunks_exact(size)
+                        .map(|c| {
+                            <$t>::from_le_bytes(c.try_into().expect("chunk of the element size"))
+                        })
+                        .collect(),
+                )
+            };
+        }
+        Ok(match datatype {
+            DataType::BOOL => {
+                let mut out = Vec::with_capacity(bytes.len());
+                for (i, &b) in bytes.iter().enumerate() {
+                    match b {
+                        0 => out.push(false),
+                        1 => out.push(true),
+                        other => {
+                            return Err(format!("BOOL element #{i} is byte {other}, not 0 or 1"))
+                        }
+                    }
+                }
+                TensorData::Bool(out)
+            }
+            DataType::UINT8 => TensorData::U8(bytes.to_vec()),
+            DataType::INT8 => decode!(i8, I8),
+            DataType::INT16 => decode!(i16, I16),
+            DataType::INT32 => decode!(i32, I32),
+            DataType::INT64 => decode!(i64, I64),
+            DataType::FP32 => decode!(f32, F32),
+            DataType::FP64 => decode!(f64, F64),
+            DataType::FP16 => return Err("FP16 tensors are not supported".into()),
+        })
+    }
+
+    /// Encodes as little-endian, row-major bytes (the binary tensor extension).
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        match self {
+            TensorData::Bool(v) => v.iter().map(|&b| u8::from(b)).collect(),
+            TensorData::U8(v) => v.clone(),
+            TensorData::I8(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::I16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    }
+
+    /// A tract tensor of this shape (the vector is moved, not copied).
+    pub fn into_tract(self, name: &str, shape: &[usize]) -> Result<Tensor, TensorError> {
+        let expected = shape.iter().map(|&d| d as u128).product::<u128>();
+        let got = self.len();
+        let count = || TensorError::Count {
+            name: name.into(),
+            shape: shape.iter().map(|&d| d as u64).collect(),
+            expected,
+            got,
+        };
+        if expected != got as u128 {
+            return Err(count());
+        }
+        let dims = tract_onnx::prelude::tract_ndarray::IxDyn(shape);
+        each_variant!(self, v => tract_onnx::prelude::tract_ndarray::ArrayD::from_shape_vec(dims, v)
+            .map(Tensor::from)
+            .map_err(|_| count()))
+    }
+
+    /// The values of a tract tensor (`Err` for element types without a v2 datatype).
+    pub fn from_tract(name: &str, tensor: &Tensor) -> Result<Self, TensorError> {
+        let unsupported = || TensorError::Unsupported {
+            name: name.into(),
+            datatype: format!("{:?}", tensor.datum_type()),
+        };
+        macro_rules! collect {
+            ($t:ty, $variant:ident) => {
+                TensorData::$variant(
+                    tensor
+                        .to_plain_array_view::<$t>()
+                        .map_err(|_| unsupported())?
+                        .iter()
+                        .copied()
+                        .collect(),
+                )
+            };
+        }
+        Ok(
+            match datatype_of(tensor.datum_type()).ok_or_else(unsupported)? {
+                DataType::BOOL => collect!(bool, Bool),
+                DataType::UINT8 => collect!(u8, U8),
+                DataType::INT8 => collect!(i8, I8),
+                DataType::INT16 => collect!(i16, I16),
+                DataType::INT32 => collect!(i32, I32),
+                DataType::INT64 => collect!(i64, I64),
+                DataType::FP32 => collect!(f32, F32),
+                DataType::FP64 => collect!(f64, F64),
+                DataType::FP16 => return Err(unsupported()),
+            },
+        )
+    }
+}
+
+/// Serialises as a flat JSON array in the element type (f32 printed in its own shortest
+/// form, so `0.1f32` is `0.1`). Non-finite floats cannot be JSON: callers check first.
+impl Serialize for TensorData {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        each_variant!(self, v => v.serialize(serializer))
+    }
+}

@@ -4,6 +4,7 @@
 pub mod bundle;
 pub mod config_cmd;
 pub mod device;
+pub mod infer;
 pub mod key;
 pub mod progress;
 pub mod time_arg;
@@ -50,6 +51,8 @@ pub enum Command {
     },
     /// Lifecycle and security events.
     Events(device::EventsArgs),
+    /// One inference through the daemon (Open Inference Protocol v2 JSON).
+    Infer(infer::InferArgs),
 }
 
 /// Runs a parsed command line.
@@ -63,6 +66,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Models => device::models(&client(cli), cli.json),
         Command::Rollback { name } => device::rollback(&client(cli), name, cli.json),
         Command::Events(args) => device::events(&client(cli), args, cli.json),
+        Command::Infer(args) => infer::infer(&client(cli), args, cli.json),
     }
 }
 

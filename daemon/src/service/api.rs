@@ -1,5 +1,6 @@
-//! The local HTTP API: management under `/v1/` (admins only), health and model metadata under
-//! `/v2/` (Open Inference Protocol). Errors are `{"error": "...", "check": ...}`.
+//! The local HTTP API: management under `/v1/` (admins only), health, model metadata and
+//! inference under `/v2/` (Open Inference Protocol; inference in [`super::infer`]). Errors are
+//! `{"error": "...", "check": ...}` (`{"error": "...", "reason": ...}` for inference).
 
 use std::convert::Infallible;
 use std::io::{self, Read};
@@ -15,6 +16,8 @@ use mint_config::Config;
 use mint_updater::updater::{InstallOutcome, InstalledModel, UpdateError, Updater};
 use serde_json::{json, Value};
 
+use super::guard::Guards;
+use super::infer;
 use super::peer::{AdminPolicy, Peer};
 use super::registry::Registry;
 
@@ -32,6 +35,8 @@ pub struct AppState {
     pub started: Instant,
     /// Startup recovery is done.
     pub ready: AtomicBool,
+    /// The inference guard's rate limits, slots and queue.
+    pub guards: Guards,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -75,6 +80,14 @@ pub async fn handle(
                 None,
             ),
         },
+        (&Method::POST, ["v2", "models", name, "infer"]) => {
+            let name = (*name).to_owned();
+            infer::handle(req, state.clone(), peer, &name, None).await
+        }
+        (&Method::POST, ["v2", "models", name, "versions", version, "infer"]) => {
+            let (name, version) = ((*name).to_owned(), (*version).to_owned());
+            infer::handle(req, state.clone(), peer, &name, Some(&version)).await
+        }
         (&Method::GET, ["v1", "status"]) => ok(status(&state)),
         (&Method::GET, ["v1", "models"]) => ok(models(&state)),
         (&Method::GET, ["v1", "events"]) => ok(events(&state, &query)),
@@ -245,6 +258,8 @@ async fn install(req: Request<Incoming>, state: &AppState) -> Reply {
         })
         .await
     };
+    // Verification buffers and decoder windows are free now: give them back.
+    super::memory::trim();
     match result {
         Ok(Ok(outcome)) => install_reply(&outcome),
         Ok(Err(e)) => update_error(&e),

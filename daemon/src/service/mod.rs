@@ -2,6 +2,9 @@
 //! systemd notifications. `run` is everything `mintd [--config]` does.
 
 pub mod api;
+pub mod guard;
+pub mod infer;
+pub mod memory;
 pub mod peer;
 pub mod probe;
 pub mod registry;
@@ -29,6 +32,7 @@ use registry::Registry;
 
 /// Runs the service until SIGTERM or SIGINT.
 pub fn run(config: Config) -> anyhow::Result<()> {
+    memory::limit_arenas();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(16)
@@ -98,6 +102,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config: config.clone(),
         started,
         ready: false.into(),
+        guards: guard::Guards::new(&config.api),
     });
     let listener = bind(&config.paths.socket, config.api.socket_mode)?;
     state.ready.store(true, Ordering::Release);
