@@ -10,7 +10,7 @@
 # Environment (passed through to the bench):
 #   BENCH_GIB     model size in GiB, fractions allowed (default 1)
 #   BENCH_RUNS    best-of-N, interleaved (default 3)
-#   BENCH_TMPDIR  where the temporary files go (default <target>/bench-tmp; about 3.2x the
+#   BENCH_TMPDIR  where the temporary files go (default <target>/bench-tmp; about 3.5x the
 #                 model size at the peak; keep it on a disk, not a tmpfs)
 #
 # Needs zstd and sha256sum (coreutils); installs zstd with apt-get when missing. openssl and
