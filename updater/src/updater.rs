@@ -568,7 +568,7 @@ impl Updater {
             }
         }
         let signers: Vec<String> = header.signers.iter().map(|k| k.to_hex()).collect();
-        self.note(LifecycleEvent::new(
+        self.record_event(LifecycleEvent::new(
             "install_started",
             severity::INFO,
             Some(&name),
@@ -728,7 +728,7 @@ impl Updater {
                     (false, Ok(())) => {}
                     (false, Err(reason)) => {
                         tracing::error!(model = name, digest = %rev.digest, %reason, "measurement failed");
-                        self.note(LifecycleEvent::new(
+                        self.record_event(LifecycleEvent::new(
                             "measure_failed",
                             severity::CRITICAL,
                             Some(name),
@@ -948,7 +948,7 @@ impl Updater {
             }),
             Err(e) => {
                 tracing::error!(model = name, digest = %rev.digest, error = %e, "store entry damaged");
-                self.note(LifecycleEvent::new(
+                self.record_event(LifecycleEvent::new(
                     "tamper_detected",
                     severity::CRITICAL,
                     Some(name),
@@ -1005,8 +1005,10 @@ impl Updater {
         write(&self.records).insert(record.name.clone(), record);
     }
 
-    /// Records an event that belongs to no transition (errors are logged).
-    fn note(&self, event: LifecycleEvent) {
+    /// Records an event that belongs to no transition, such as a daemon's `tamper_detected`
+    /// or a fleet command's refusal (errors are logged, never returned: an event that cannot
+    /// be stored must not stop what reported it).
+    pub fn record_event(&self, event: LifecycleEvent) {
         if let Err(e) = self.db.append_events(&[event]) {
             tracing::error!(error = %e, "cannot record event");
         }
@@ -1015,7 +1017,7 @@ impl Updater {
     /// Records an `install_refused` event and hands the error back.
     fn refuse(&self, name: Option<&str>, error: UpdateError) -> UpdateError {
         tracing::warn!(model = name, check = error.refusal(), error = %error, "install refused");
-        self.note(LifecycleEvent::new(
+        self.record_event(LifecycleEvent::new(
             "install_refused",
             severity::WARNING,
             name,
@@ -1028,7 +1030,7 @@ impl Updater {
     /// Records an `install_failed` event (the device's fault, not the bundle's).
     fn fail(&self, name: &str, error: UpdateError) -> UpdateError {
         tracing::error!(model = name, error = %error, "install failed");
-        self.note(LifecycleEvent::new(
+        self.record_event(LifecycleEvent::new(
             "install_failed",
             severity::WARNING,
             Some(name),
