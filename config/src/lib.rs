@@ -47,7 +47,7 @@ mod validate;
 
 pub use error::{ConfigError, Problem};
 pub use model::{
-    Api, Attest, AttestMode, Config, Device, Limits, Log, Mqtt, Paths, Tls, Trust, Update,
+    Api, Attest, AttestMode, Config, Device, Limits, Log, Monitor, Mqtt, Paths, Tls, Trust, Update,
 };
 
 /// Where `mintd` looks for its configuration when `--config` is not given.

@@ -18,7 +18,7 @@ const GIB: u64 = 1024 * MIB;
 /// The whole mintd configuration, as read from `mintd.toml`.
 ///
 /// `Config::default()` is exactly what an empty file gives, and it validates.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Who this device is: its identity in MQTT topics and the targets a bundle may name.
@@ -33,6 +33,8 @@ pub struct Config {
     pub update: Update,
     /// The local inference and management API.
     pub api: Api,
+    /// Watching what is served: drift, request-rate spikes, store re-verification.
+    pub monitor: Monitor,
     /// Reporting to, and commands from, the fleet over MQTT.
     pub mqtt: Mqtt,
     /// TPM or software attestation of the models that were activated.
@@ -229,6 +231,42 @@ impl Default for Api {
             queue_depth: 16,
             rate_limit_per_sec: 200,
             request_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// `[monitor]`: what mintd watches while it serves: input and output drift against the
+/// manifest's reference statistics, request-rate spikes, and the store's integrity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Monitor {
+    /// Drift score above which a `drift_detected` event is recorded. The score is the largest
+    /// shift of a tensor's recent mean from the reference mean, in reference standard
+    /// deviations (or the log-ratio of the standard deviations, whichever is larger).
+    pub drift_threshold: f64,
+    /// Requests a model serves before its drift score is judged.
+    pub drift_min_requests: u64,
+    /// A model's request rate over the last 10 s this many times above its usual rate is a
+    /// spike (`request_rate_spike` event).
+    pub rate_spike_factor: f64,
+    /// Requests in a 10 s window below which no spike is reported, however steep.
+    pub rate_spike_min_requests: u64,
+    /// Seconds between two re-verifications of the model store (0 = never).
+    pub rehash_interval_secs: u64,
+    /// Read rate of the re-verification, in bytes per second: it runs at low priority and
+    /// must not starve inference of I/O.
+    pub rehash_bytes_per_sec: u64,
+}
+
+impl Default for Monitor {
+    fn default() -> Self {
+        Self {
+            drift_threshold: 3.0,
+            drift_min_requests: 50,
+            rate_spike_factor: 5.0,
+            rate_spike_min_requests: 100,
+            rehash_interval_secs: 3_600,
+            rehash_bytes_per_sec: 32 * MIB,
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::Problem;
-use crate::model::{Api, Attest, Config, Device, Limits, Log, Mqtt, Paths, Trust, Update};
+use crate::model::{Api, Attest, Config, Device, Limits, Log, Monitor, Mqtt, Paths, Trust, Update};
 
 /// Longest `device.id` / `device.class` / `device.arch`.
 pub(crate) const MAX_NAME_CHARS: usize = 64;
@@ -30,6 +30,7 @@ pub(crate) fn problems(config: &Config) -> Vec<Problem> {
     limits(&config.limits, &mut out);
     update(&config.update, &mut out);
     api(&config.api, &mut out);
+    monitor(&config.monitor, &mut out);
     mqtt(&config.mqtt, &mut out);
     attest(&config.attest, &mut out);
     log(&config.log, &mut out);
@@ -370,6 +371,52 @@ fn absolute(key: &str, path: &Path, out: &mut Vec<Problem>) {
                 "= {} must be an absolute path",
                 shown(&path.display().to_string())
             ),
+        ));
+    }
+}
+
+fn monitor(monitor: &Monitor, out: &mut Vec<Problem>) {
+    finite_at_least("monitor.drift_threshold", monitor.drift_threshold, 0.1, out);
+    finite_at_least(
+        "monitor.rate_spike_factor",
+        monitor.rate_spike_factor,
+        1.5,
+        out,
+    );
+    positive(
+        "monitor.drift_min_requests",
+        monitor.drift_min_requests,
+        out,
+    );
+    positive(
+        "monitor.rate_spike_min_requests",
+        monitor.rate_spike_min_requests,
+        out,
+    );
+    at_most(
+        "monitor.rehash_interval_secs",
+        monitor.rehash_interval_secs,
+        30 * 86_400,
+        "30 days",
+        out,
+    );
+    if monitor.rehash_interval_secs > 0 && monitor.rehash_bytes_per_sec < 64 * 1024 {
+        out.push(Problem::new(
+            "monitor.rehash_bytes_per_sec",
+            format!(
+                "= {} but a re-verification slower than 64 KiB/s would never finish on a \
+                 large store",
+                monitor.rehash_bytes_per_sec
+            ),
+        ));
+    }
+}
+
+fn finite_at_least(key: &str, value: f64, min: f64, out: &mut Vec<Problem>) {
+    if !value.is_finite() || value < min {
+        out.push(Problem::new(
+            key,
+            format!("= {value} but must be a finite number of at least {min}"),
         ));
     }
 }

@@ -138,7 +138,7 @@ fn example_file_lists_every_key() {
     let all = every_key();
     assert_eq!(
         all.len(),
-        45,
+        51,
         "a new key? document it in mintd.toml: {all:?}"
     );
     let missing: Vec<_> = all.difference(&documented).collect();

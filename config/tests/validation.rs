@@ -315,6 +315,39 @@ fn update_durations_are_bounded() {
     valid("[update]\nhealth_timeout_ms = 3600000\ntrial_seconds = 2592000\n");
 }
 
+// ---- monitor ----
+
+#[test]
+fn monitor_rules() {
+    assert_eq!(
+        problems(
+            "[monitor]\ndrift_threshold = nan\nrate_spike_factor = 1.0\n\
+             drift_min_requests = 0\nrate_spike_min_requests = 0\n\
+             rehash_interval_secs = 2592001\nrehash_bytes_per_sec = 1024\n"
+        ),
+        vec![
+            "monitor.drift_threshold = NaN but must be a finite number of at least 0.1",
+            "monitor.rate_spike_factor = 1 but must be a finite number of at least 1.5",
+            "monitor.drift_min_requests = 0 but must be greater than 0",
+            "monitor.rate_spike_min_requests = 0 but must be greater than 0",
+            "monitor.rehash_interval_secs = 2592001 exceeds 2592000 (30 days)",
+            "monitor.rehash_bytes_per_sec = 1024 but a re-verification slower than 64 KiB/s \
+             would never finish on a large store",
+        ]
+    );
+    assert_eq!(
+        problem("[monitor]\ndrift_threshold = -inf\n"),
+        "monitor.drift_threshold = -inf but must be a finite number of at least 0.1"
+    );
+    // Re-verification off: its rate does not matter.
+    let c = valid("[monitor]\nrehash_interval_secs = 0\nrehash_bytes_per_sec = 1\n");
+    assert_eq!(c.monitor.rehash_interval_secs, 0);
+    assert_eq!(
+        problem("[monitor]\ndrift_treshold = 2.0\n"),
+        "unknown key monitor.drift_treshold"
+    );
+}
+
 // ---- api ----
 
 #[test]
