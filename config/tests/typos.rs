@@ -82,7 +82,7 @@ fn misspelt_section() {
     assert_eq!(
         message,
         "unknown field `trsut`, expected one of `device`, `paths`, `trust`, `limits`, `update`, \
-         `api`, `mqtt`, `attest`, `log`"
+         `api`, `monitor`, `mqtt`, `attest`, `log`"
     );
 }
 
