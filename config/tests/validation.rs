@@ -342,10 +342,10 @@ fn monitor_rules() {
     // Re-verification off: its rate does not matter.
     let c = valid("[monitor]\nrehash_interval_secs = 0\nrehash_bytes_per_sec = 1\n");
     assert_eq!(c.monitor.rehash_interval_secs, 0);
-    assert_eq!(
-        problem("[monitor]\ndrift_treshold = 2.0\n"),
-        "unknown key monitor.drift_treshold"
-    );
+    let typo = Config::from_toml_str("[monitor]\ndrift_treshold = 2.0\n", "test.toml")
+        .expect_err("a misspelt key is refused")
+        .to_string();
+    assert!(typo.contains("key `monitor.drift_treshold`"), "{typo}");
 }
 
 // ---- api ----
