@@ -3,6 +3,11 @@
 # tests/fixtures/requirements.txt, then print its python's path on the last stdout line.
 #
 #   PY=$(scripts/pyenv.sh | tail -n1)
+#   PY=$(scripts/pyenv.sh triton | tail -n1)    # .venv-triton from requirements-triton.txt
+#
+# With a NAME, a separate venv .venv-NAME is made from tests/fixtures/requirements-NAME.txt:
+# for tools whose pins clash with the main set (tritonclient wants ml_dtypes <= 0.5.4) or that
+# only the benchmarks need (onnxruntime).
 #
 # Idempotent and cheap when nothing changed: the venv is created only if missing (or
 # broken), and pip runs only when the sha256 of the requirements differs from the stamp
@@ -16,8 +21,12 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="$REPO/.venv"
-REQ="$REPO/tests/fixtures/requirements.txt"
+NAME="${1:-}"
+case "$NAME" in
+    "") VENV="$REPO/.venv"; REQ="$REPO/tests/fixtures/requirements.txt" ;;
+    *[!a-z0-9-]*) echo "pyenv.sh: bad venv name '$NAME' (a-z, 0-9, -)" >&2; exit 1 ;;
+    *) VENV="$REPO/.venv-$NAME"; REQ="$REPO/tests/fixtures/requirements-$NAME.txt" ;;
+esac
 PYTHON="${PYTHON:-python3}"
 STAMP="$VENV/.requirements.sha256"
 PIP_LOG="$VENV/pip.log"

@@ -255,8 +255,9 @@ fn api(api: &Api, out: &mut Vec<Problem>) {
             out.push(Problem::new(
                 "api.tcp",
                 format!(
-                    "= {addr} is not a loopback address; the TCP listener only accepts \
-                     127.0.0.0/8 or ::1"
+                    "= {addr} but the TCP listener must be on a loopback address (127.0.0.0/8 \
+                     or ::1): it has no authentication, only processes on this device may \
+                     reach it"
                 ),
             ));
         }

@@ -392,13 +392,16 @@ fn tcp_only_on_loopback() {
         "192.168.1.10:8080",
         "[::]:8080",
         "[2001:db8::1]:80",
+        // An IPv4-mapped loopback is an IPv6 socket that may be dual-stack: refused too.
+        "[::ffff:127.0.0.1]:80",
     ] {
         let shown: std::net::SocketAddr = addr.parse().expect("address");
         assert_eq!(
             problem(&format!("[api]\ntcp = \"{addr}\"\n")),
             format!(
-                "api.tcp = {shown} is not a loopback address; the TCP listener only accepts \
-                 127.0.0.0/8 or ::1"
+                "api.tcp = {shown} but the TCP listener must be on a loopback address \
+                 (127.0.0.0/8 or ::1): it has no authentication, only processes on this device \
+                 may reach it"
             )
         );
     }

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use super::guard::Guards;
 use super::infer;
-use super::peer::{AdminPolicy, Peer};
+use super::peer::{AdminPolicy, Caller};
 use super::registry::Registry;
 
 /// Everything a request handler needs.
@@ -45,22 +45,36 @@ type Reply = Response<Full<Bytes>>;
 pub async fn handle(
     req: Request<Incoming>,
     state: Arc<AppState>,
-    peer: Peer,
+    caller: Caller,
 ) -> Result<Reply, Infallible> {
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
-    tracing::debug!(%method, %path, uid = peer.uid, "request");
-    if segments.first() == Some(&"v1") && !state.admin.is_admin(&peer) {
-        return Ok(error(
-            StatusCode::FORBIDDEN,
-            &format!(
-                "uid {} may not use the management API (root, the daemon's user or api.admin_group only)",
-                peer.uid
-            ),
-            None,
-        ));
+    tracing::debug!(%method, %path, %caller, "request");
+    if segments.first() == Some(&"v1") {
+        match caller {
+            Caller::Local(peer) if state.admin.is_admin(&peer) => {}
+            Caller::Local(peer) => {
+                return Ok(error(
+                    StatusCode::FORBIDDEN,
+                    &format!(
+                        "uid {} may not use the management API (root, the daemon's user or api.admin_group only)",
+                        peer.uid
+                    ),
+                    None,
+                ))
+            }
+            // TCP has no peer credentials: anyone on the device can connect to it.
+            Caller::Tcp(_) => {
+                return Ok(error(
+                    StatusCode::FORBIDDEN,
+                    "the management API (/v1/) is only served on the Unix socket: a TCP \
+                     connection carries no peer credentials to check",
+                    None,
+                ))
+            }
+        }
     }
     let reply = match (&method, segments.as_slice()) {
         (&Method::GET, ["v2", "health", "live"]) => ok(json!({"live": true})),
@@ -82,11 +96,11 @@ pub async fn handle(
         },
         (&Method::POST, ["v2", "models", name, "infer"]) => {
             let name = (*name).to_owned();
-            infer::handle(req, state.clone(), peer, &name, None).await
+            infer::handle(req, state.clone(), caller, &name, None).await
         }
         (&Method::POST, ["v2", "models", name, "versions", version, "infer"]) => {
             let (name, version) = ((*name).to_owned(), (*version).to_owned());
-            infer::handle(req, state.clone(), peer, &name, Some(&version)).await
+            infer::handle(req, state.clone(), caller, &name, Some(&version)).await
         }
         (&Method::GET, ["v1", "status"]) => ok(status(&state)),
         (&Method::GET, ["v1", "models"]) => ok(models(&state)),

@@ -8,6 +8,8 @@
 //! logs and telemetry) and a message naming the problem.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -555,13 +557,33 @@ impl TokenBucket {
     }
 }
 
+/// Who a rate limit counts: the user on the Unix socket (every process of a uid shares its
+/// buckets), the remote address on the loopback TCP listener (every connection from that
+/// address shares them; the port is not part of it, a client opens as many as it likes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerKey {
+    /// A uid, from the Unix socket's peer credentials.
+    Uid(u32),
+    /// An IP address, from a TCP connection.
+    Addr(IpAddr),
+}
+
+impl fmt::Display for PeerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerKey::Uid(uid) => write!(f, "uid {uid}"),
+            PeerKey::Addr(ip) => write!(f, "address {ip}"),
+        }
+    }
+}
+
 /// Whose requests a bucket counts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum BucketKey {
     /// Everything a peer sends (`api.rate_limit_per_sec`).
-    Peer(u32),
+    Peer(PeerKey),
     /// What a peer sends to one model (the manifest's `guard.rate_limit_per_sec`).
-    Model(u32, String),
+    Model(PeerKey, String),
 }
 
 /// Buckets kept before full (idle) ones are forgotten.
@@ -569,17 +591,17 @@ const MAX_BUCKETS: usize = 1024;
 
 /// Per-peer rate limits: one bucket per peer (the configuration's limit over every model)
 /// and one per peer and model (the manifest's limit). A request takes a token from both or
-/// from neither. Peers are uids on the Unix socket.
+/// from neither. Peers are uids on the Unix socket, addresses on TCP ([`PeerKey`]).
 #[derive(Debug, Default)]
 pub struct RateLimiter {
     buckets: Mutex<HashMap<BucketKey, TokenBucket>>,
 }
 
 impl RateLimiter {
-    /// Counts one request of `uid` to `model`, or refuses it.
+    /// Counts one request of `peer` to `model`, or refuses it.
     pub fn check(
         &self,
-        uid: u32,
+        who: PeerKey,
         model: &str,
         peer_rate: u32,
         model_rate: u32,
@@ -596,8 +618,8 @@ impl RateLimiter {
                 !bucket.is_full(rate)
             });
         }
-        let peer_key = BucketKey::Peer(uid);
-        let model_key = BucketKey::Model(uid, model.to_owned());
+        let peer_key = BucketKey::Peer(who);
+        let model_key = BucketKey::Model(who, model.to_owned());
         let mut peer = *buckets
             .entry(peer_key.clone())
             .or_insert_with(|| TokenBucket::full(peer_rate, now));
@@ -615,7 +637,7 @@ impl RateLimiter {
                 ..Refusal::new(
                     Reason::RateLimited,
                     format!(
-                        "rate limit: uid {uid} may send {peer_rate} requests per second \
+                        "rate limit: {who} may send {peer_rate} requests per second \
                          (api.rate_limit_per_sec); retry in {} ms",
                         peer.wait(peer_rate).as_millis().max(1)
                     ),
@@ -628,7 +650,7 @@ impl RateLimiter {
                 ..Refusal::new(
                     Reason::RateLimited,
                     format!(
-                        "rate limit: uid {uid} may send {model_rate} requests per second to \
+                        "rate limit: {who} may send {model_rate} requests per second to \
                          model {model:?} (its guard.rate_limit_per_sec); retry in {} ms",
                         wait.as_millis().max(1)
                     ),
@@ -1097,10 +1119,11 @@ mod tests {
     fn rate_limits_are_per_peer_and_the_smaller_one_wins() {
         let limiter = RateLimiter::default();
         let t0 = Instant::now();
+        let uid = PeerKey::Uid;
         // Model limit 2 under a peer limit 100.
-        assert!(limiter.check(1000, "m", 100, 2, t0).is_ok());
-        assert!(limiter.check(1000, "m", 100, 2, t0).is_ok());
-        let r = limiter.check(1000, "m", 100, 2, t0).unwrap_err();
+        assert!(limiter.check(uid(1000), "m", 100, 2, t0).is_ok());
+        assert!(limiter.check(uid(1000), "m", 100, 2, t0).is_ok());
+        let r = limiter.check(uid(1000), "m", 100, 2, t0).unwrap_err();
         assert_eq!(r.reason, Reason::RateLimited);
         assert_eq!(r.reason.status(), StatusCode::TOO_MANY_REQUESTS);
         assert!(
@@ -1111,11 +1134,11 @@ mod tests {
         );
         assert!(r.retry_after.is_some());
         // Another peer, and another model of the same peer, are not affected.
-        assert!(limiter.check(1001, "m", 100, 2, t0).is_ok());
-        assert!(limiter.check(1000, "other", 100, 2, t0).is_ok());
+        assert!(limiter.check(uid(1001), "m", 100, 2, t0).is_ok());
+        assert!(limiter.check(uid(1000), "other", 100, 2, t0).is_ok());
         // Peer limit 1 under a model limit 100: the peer's bucket refuses, over all models.
-        assert!(limiter.check(7, "a", 1, 100, t0).is_ok());
-        let r = limiter.check(7, "b", 1, 100, t0).unwrap_err();
+        assert!(limiter.check(uid(7), "a", 1, 100, t0).is_ok());
+        let r = limiter.check(uid(7), "b", 1, 100, t0).unwrap_err();
         assert!(
             r.message.contains("(api.rate_limit_per_sec)"),
             "{}",
@@ -1123,8 +1146,56 @@ mod tests {
         );
         // A refused request takes no token: one second later one request passes.
         assert!(limiter
-            .check(7, "b", 1, 100, t0 + Duration::from_secs(1))
+            .check(uid(7), "b", 1, 100, t0 + Duration::from_secs(1))
             .is_ok());
+    }
+
+    #[test]
+    fn tcp_peers_are_addresses_apart_from_uids() {
+        let limiter = RateLimiter::default();
+        let t0 = Instant::now();
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        let v6: IpAddr = "::1".parse().unwrap();
+        assert!(limiter.check(PeerKey::Addr(local), "m", 1, 0, t0).is_ok());
+        let r = limiter
+            .check(PeerKey::Addr(local), "m", 1, 0, t0)
+            .unwrap_err();
+        assert_eq!(r.reason, Reason::RateLimited);
+        assert!(
+            r.message
+                .starts_with("rate limit: address 127.0.0.1 may send 1 requests per second"),
+            "{}",
+            r.message
+        );
+        // Another address, ::1, and a uid with the same number as nothing are counted apart.
+        assert!(limiter.check(PeerKey::Addr(other), "m", 1, 0, t0).is_ok());
+        assert!(limiter.check(PeerKey::Addr(v6), "m", 1, 0, t0).is_ok());
+        assert!(limiter.check(PeerKey::Uid(0), "m", 1, 0, t0).is_ok());
+        assert!(limiter.check(PeerKey::Uid(1000), "m", 1, 0, t0).is_ok());
+        // The per-model bucket of an address is its own, too.
+        assert!(limiter
+            .check(PeerKey::Addr(v6), "n", 100, 1, t0 + Duration::from_secs(1))
+            .is_ok());
+        let r = limiter
+            .check(PeerKey::Addr(v6), "n", 100, 1, t0 + Duration::from_secs(1))
+            .unwrap_err();
+        assert!(
+            r.message.starts_with(
+                "rate limit: address ::1 may send 1 requests per second to model \"n\""
+            ),
+            "{}",
+            r.message
+        );
+    }
+
+    #[test]
+    fn peer_keys_name_the_peer() {
+        assert_eq!(PeerKey::Uid(1000).to_string(), "uid 1000");
+        assert_eq!(
+            PeerKey::Addr("127.0.0.1".parse().unwrap()).to_string(),
+            "address 127.0.0.1"
+        );
     }
 
     #[test]
@@ -1132,10 +1203,18 @@ mod tests {
         let limiter = RateLimiter::default();
         let t0 = Instant::now();
         for uid in 0..(MAX_BUCKETS as u32) {
-            limiter.check(uid, "m", 10, 0, t0).unwrap();
+            limiter.check(PeerKey::Uid(uid), "m", 10, 0, t0).unwrap();
         }
         let later = t0 + Duration::from_secs(5);
-        limiter.check(99_999, "m", 10, 0, later).unwrap();
+        limiter
+            .check(
+                PeerKey::Addr("127.0.0.1".parse().unwrap()),
+                "m",
+                10,
+                0,
+                later,
+            )
+            .unwrap();
         assert!(limiter.buckets.lock().unwrap().len() <= 2);
     }
 

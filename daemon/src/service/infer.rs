@@ -40,7 +40,7 @@ use serde_json::{Map, Value};
 
 use super::api::AppState;
 use super::guard::{self, Reason, Refusal};
-use super::peer::Peer;
+use super::peer::Caller;
 use super::registry::LoadedModel;
 use crate::tensor::TensorData;
 
@@ -499,11 +499,11 @@ pub fn encode_response(
 pub async fn handle(
     req: Request<Incoming>,
     state: Arc<AppState>,
-    peer: Peer,
+    caller: Caller,
     name: &str,
     version: Option<&str>,
 ) -> Reply {
-    let outcome = infer(req, &state, peer, name, version).await;
+    let outcome = infer(req, &state, caller, name, version).await;
     let counted = match &outcome {
         Ok(_) => Some(true),
         Err(r) if r.reason.is_model_fault() => Some(false),
@@ -531,9 +531,9 @@ pub async fn handle(
         Err(refusal) => {
             let level_warn = refusal.reason.is_model_fault();
             if level_warn {
-                tracing::warn!(model = name, uid = peer.uid, reason = refusal.reason.name(), error = %refusal.message, "inference failed");
+                tracing::warn!(model = name, %caller, reason = refusal.reason.name(), error = %refusal.message, "inference failed");
             } else {
-                tracing::debug!(model = name, uid = peer.uid, reason = refusal.reason.name(), error = %refusal.message, "inference refused");
+                tracing::debug!(model = name, %caller, reason = refusal.reason.name(), error = %refusal.message, "inference refused");
             }
             refusal_reply(&refusal)
         }
@@ -558,7 +558,7 @@ pub fn refusal_reply(refusal: &Refusal) -> Reply {
 async fn infer(
     req: Request<Incoming>,
     state: &AppState,
-    peer: Peer,
+    caller: Caller,
     name: &str,
     version: Option<&str>,
 ) -> Result<Encoded, Refusal> {
@@ -585,7 +585,7 @@ async fn infer(
     }
     let api = &state.config.api;
     state.guards.rate.check(
-        peer.uid,
+        caller.rate_key(),
         name,
         api.rate_limit_per_sec,
         manifest.guard.rate_limit_per_sec,

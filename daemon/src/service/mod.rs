@@ -1,5 +1,6 @@
-//! The `mintd` service: the update core, the loaded models, the local API on the Unix socket,
-//! systemd notifications. `run` is everything `mintd [--config]` does.
+//! The `mintd` service: the update core, the loaded models, the local API on the Unix socket
+//! (and, opt-in, inference on a loopback TCP listener), systemd notifications. `run` is
+//! everything `mintd [--config]` does.
 
 pub mod api;
 pub mod guard;
@@ -23,11 +24,12 @@ use hyper_util::rt::TokioIo;
 use mint_config::Config;
 use mint_updater::updater::{Updater, UpdaterConfig};
 use mint_updater::{Limits, TrustStore};
-use tokio::net::UnixListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
 
 use crate::notify::Notifier;
 use api::AppState;
-use peer::{AdminPolicy, Peer};
+use peer::{AdminPolicy, Caller, Peer};
 use registry::Registry;
 
 /// Runs the service until SIGTERM or SIGINT.
@@ -105,6 +107,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         guards: guard::Guards::new(&config.api),
     });
     let listener = bind(&config.paths.socket, config.api.socket_mode)?;
+    let tcp = match config.api.tcp {
+        None => None,
+        Some(addr) => {
+            // Validation refused anything but loopback; checked again where it matters.
+            if !addr.ip().is_loopback() {
+                bail!("api.tcp = {addr} is not a loopback address");
+            }
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on api.tcp = {addr}"))?;
+            let local = listener.local_addr().context("api.tcp: no local address")?;
+            tracing::info!(address = %local, "inference on loopback TCP (no /v1/ management there)");
+            Some(listener)
+        }
+    };
     state.ready.store(true, Ordering::Release);
     let serving = registry.all().len();
     tracing::info!(
@@ -159,17 +176,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                     Ok(c) => Peer { uid: c.uid(), gid: c.gid(), pid: c.pid() },
                     Err(e) => { tracing::warn!(error = %e, "no peer credentials; connection dropped"); continue; }
                 };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| api::handle(req, state.clone(), peer));
-                    if let Err(e) = http1::Builder::new()
-                        .max_buf_size(64 * 1024)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await
-                    {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
+                tokio::spawn(serve_connection(stream, state.clone(), Caller::Local(peer)));
+            }
+            accepted = accept_tcp(tcp.as_ref()) => {
+                let (stream, addr) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => { tracing::warn!(error = %e, "TCP accept failed"); continue; }
+                };
+                // Small request/answer exchanges: do not wait to fill a segment.
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve_connection(stream, state.clone(), Caller::Tcp(addr)));
             }
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
@@ -183,6 +199,31 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let _ = fs::remove_file(&config.paths.socket);
     Ok(())
+}
+
+/// Serves the API on one accepted connection until it closes.
+async fn serve_connection<S>(stream: S, state: Arc<AppState>, caller: Caller)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| api::handle(req, state.clone(), caller));
+    if let Err(e) = http1::Builder::new()
+        .max_buf_size(64 * 1024)
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(error = %e, %caller, "connection ended with an error");
+    }
+}
+
+/// The next TCP connection, or never when there is no TCP listener.
+async fn accept_tcp(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// `STATUS=` text: what is served.

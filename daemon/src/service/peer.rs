@@ -1,7 +1,41 @@
-//! Who is calling: peer credentials of a Unix-socket connection, and whether they may manage
-//! the daemon.
+//! Who is calling: peer credentials of a Unix-socket connection or the address of a loopback
+//! TCP connection, and whether they may manage the daemon.
 
+use std::fmt;
 use std::fs;
+use std::net::SocketAddr;
+
+use super::guard::PeerKey;
+
+/// The other end of a connection, by listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// A process on the Unix socket, with its credentials.
+    Local(Peer),
+    /// A client of the opt-in loopback TCP listener (`api.tcp`): only its address is known,
+    /// so it may infer but never manage.
+    Tcp(SocketAddr),
+}
+
+impl Caller {
+    /// Whose rate limit a request counts against: the uid on the socket, the IP address (not
+    /// the port) on TCP.
+    pub fn rate_key(&self) -> PeerKey {
+        match self {
+            Caller::Local(peer) => PeerKey::Uid(peer.uid),
+            Caller::Tcp(addr) => PeerKey::Addr(addr.ip()),
+        }
+    }
+}
+
+impl fmt::Display for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Caller::Local(peer) => write!(f, "uid {}", peer.uid),
+            Caller::Tcp(addr) => write!(f, "tcp {addr}"),
+        }
+    }
+}
 
 /// Credentials of the process at the other end of the socket (SO_PEERCRED).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +132,26 @@ mod tests {
             admin_gid: None,
         };
         assert!(!none.is_admin(&peer(2000, 4242)));
+    }
+
+    #[test]
+    fn callers_key_their_rate_limit_by_uid_or_address() {
+        let local = Caller::Local(Peer {
+            uid: 1000,
+            gid: 1000,
+            pid: Some(7),
+        });
+        assert_eq!(local.rate_key(), PeerKey::Uid(1000));
+        assert_eq!(local.to_string(), "uid 1000");
+        let a = Caller::Tcp("127.0.0.1:40000".parse().unwrap());
+        let b = Caller::Tcp("127.0.0.1:40001".parse().unwrap());
+        assert_eq!(
+            a.rate_key(),
+            b.rate_key(),
+            "the port is not part of the peer"
+        );
+        assert_eq!(a.rate_key(), PeerKey::Addr("127.0.0.1".parse().unwrap()));
+        assert_eq!(a.to_string(), "tcp 127.0.0.1:40000");
     }
 
     #[test]

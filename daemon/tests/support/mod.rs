@@ -360,6 +360,22 @@ impl Daemon {
         Client::new(&self.socket)
     }
 
+    /// The address of its loopback TCP listener, from its log (tests set `api.tcp` to port 0
+    /// so that concurrent tests never race for a port).
+    pub fn tcp_address(&self) -> std::net::SocketAddr {
+        let log = self.stderr();
+        let line = log
+            .lines()
+            .find(|l| l.contains("inference on loopback TCP"))
+            .unwrap_or_else(|| panic!("no TCP listener in the log:\n{log}"));
+        let at = line.find("address=").expect("address= in the line") + "address=".len();
+        line[at..]
+            .split_whitespace()
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+    }
+
     fn wait_ready(&mut self) {
         let client = self.client();
         let start = Instant::now();
