@@ -250,6 +250,17 @@ pub enum TensorData {
     F64(Vec<f64>),
 }
 
+/// Count, sum and sum of squares of a tensor's elements.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Moments {
+    /// Number of elements.
+    pub count: u64,
+    /// Sum of the elements.
+    pub sum: f64,
+    /// Sum of their squares.
+    pub sum_sq: f64,
+}
+
 /// Applies `$body` to the vector inside any [`TensorData`] variant.
 macro_rules! each_variant {
     ($data:expr, $v:ident => $body:expr) => {
@@ -303,6 +314,34 @@ impl TensorData {
             TensorData::F32(v) => f64::from(*v.get(index)?),
             TensorData::F64(v) => *v.get(index)?,
         })
+    }
+
+    /// Count, sum and sum of squares of the elements as f64 (booleans as 0 and 1), for the
+    /// running statistics that drift detection compares with the manifest's reference.
+    pub fn moments(&self) -> Moments {
+        fn fold<T: Copy>(v: &[T], f: impl Fn(T) -> f64) -> Moments {
+            let (mut sum, mut sum_sq) = (0.0, 0.0);
+            for &x in v {
+                let x = f(x);
+                sum += x;
+                sum_sq += x * x;
+            }
+            Moments {
+                count: v.len() as u64,
+                sum,
+                sum_sq,
+            }
+        }
+        match self {
+            TensorData::Bool(v) => fold(v, |x| f64::from(u8::from(x))),
+            TensorData::U8(v) => fold(v, f64::from),
+            TensorData::I8(v) => fold(v, f64::from),
+            TensorData::I16(v) => fold(v, f64::from),
+            TensorData::I32(v) => fold(v, f64::from),
+            TensorData::I64(v) => fold(v, |x| x as f64),
+            TensorData::F32(v) => fold(v, f64::from),
+            TensorData::F64(v) => fold(v, |x| x),
+        }
     }
 
     /// The first NaN or infinite element (index and value); `None` for integer types.

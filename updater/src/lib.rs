@@ -14,6 +14,7 @@
 
 pub mod bundle;
 pub mod error;
+pub mod integrity;
 pub mod keys;
 pub mod lifecycle;
 pub mod manifest;

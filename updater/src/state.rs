@@ -5,7 +5,9 @@
 //! - `models`: model name → [`ModelRecord`] as JSON;
 //! - `meta`: `trusted_time` (unix seconds), `next_event_id`;
 //! - `events`: id → [`LifecycleEvent`] as JSON; the newest [`EVENTS_KEPT`] are kept, older
-//!   ones are deleted in the transaction that adds new ones.
+//!   ones are deleted in the transaction that adds new ones;
+//! - `tampered`: manifest digest → why its store entry failed re-verification (JSON); such
+//!   an entry is never loaded again.
 //!
 //! A record and the events of its transition are written in ONE write transaction, committed
 //! with `Durability::Immediate`, so that they are on disk before the driver acts on them.
@@ -20,6 +22,7 @@ use crate::lifecycle::ModelRecord;
 const MODELS: TableDefinition<&str, &str> = TableDefinition::new("models");
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
 const EVENTS: TableDefinition<u64, &str> = TableDefinition::new("events");
+const TAMPERED: TableDefinition<&str, &str> = TableDefinition::new("tampered");
 
 const TRUSTED_TIME: &str = "trusted_time";
 const NEXT_EVENT_ID: &str = "next_event_id";
@@ -69,6 +72,7 @@ impl StateDb {
             txn.open_table(MODELS)?;
             txn.open_table(META)?;
             txn.open_table(EVENTS)?;
+            txn.open_table(TAMPERED)?;
             Ok(())
         })?;
         Ok(state)
@@ -170,6 +174,45 @@ impl StateDb {
             }
             Ok(next)
         })
+    }
+
+    /// Marks the store entry `digest` as tampered, with `why` (JSON), and records `event` in
+    /// the same transaction; returns false (and records nothing) if it was marked already.
+    pub fn mark_tampered(
+        &self,
+        digest: &str,
+        why: &serde_json::Value,
+        event: LifecycleEvent,
+    ) -> Result<bool, StateError> {
+        let action = "marking a store entry as tampered";
+        let why = self.encode(action, why)?;
+        self.write(action, |txn| {
+            let mut table = txn.open_table(TAMPERED)?;
+            if table.get(digest)?.is_some() {
+                return Ok(false);
+            }
+            table.insert(digest, why.as_str())?;
+            drop(table);
+            append(txn, &[event])?;
+            Ok(true)
+        })
+    }
+
+    /// Every digest marked as tampered, with why.
+    pub fn tampered(&self) -> Result<Vec<(String, serde_json::Value)>, StateError> {
+        let action = "reading tampered entries";
+        let rows: Vec<(String, String)> = self.read(action, |txn| {
+            let table = txn.open_table(TAMPERED)?;
+            let mut out = Vec::new();
+            for row in table.iter()? {
+                let (k, v) = row?;
+                out.push((k.value().to_owned(), v.value().to_owned()));
+            }
+            Ok(out)
+        })?;
+        rows.into_iter()
+            .map(|(k, v)| Ok((k, self.decode(action, &v)?)))
+            .collect()
     }
 
     fn read<T>(

@@ -38,6 +38,7 @@ use sha2::{Digest, Sha256};
 
 use crate::bundle::verify::{read_header, unpack, Limits, Policy, Sink};
 use crate::error::{BundleError, Check};
+use crate::integrity;
 use crate::keys::TrustStore;
 use crate::lifecycle::{
     self, severity, Action, Event, LifecycleError, LifecycleEvent, ModelRecord, Phase, Revision,
@@ -93,6 +94,19 @@ pub struct InstalledModel {
     pub dir: PathBuf,
     /// Its manifest (read from the store and checked against the digest).
     pub manifest: Manifest,
+}
+
+/// What one re-verification of the store found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreCheck {
+    /// Entries found intact.
+    pub intact: usize,
+    /// Entries newly found tampered (digests).
+    pub tampered: Vec<String>,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Whether the check was stopped before the end.
+    pub stopped: bool,
 }
 
 /// Called for every `Serve` action: what the daemon must serve for this model now.
@@ -282,6 +296,8 @@ pub struct Updater {
     served: RwLock<BTreeMap<String, InstalledModel>>,
     /// Manifests read from the store, by digest.
     manifests: Mutex<HashMap<String, Manifest>>,
+    /// Store entries that failed re-verification: never loaded again.
+    tampered: RwLock<HashSet<String>>,
     /// Trial requests not counted yet, per model.
     pending: Mutex<BTreeMap<String, Vec<bool>>>,
     subscribers: Mutex<Vec<Sender<ServeChange>>>,
@@ -318,6 +334,7 @@ impl Updater {
         let db = StateDb::open(&state_dir.join(DB_FILE))?;
         let records: BTreeMap<_, _> = db.all()?.into_iter().map(|r| (r.name.clone(), r)).collect();
         let names: Vec<String> = records.keys().cloned().collect();
+        let tampered: HashSet<String> = db.tampered()?.into_iter().map(|(d, _)| d).collect();
         let updater = Updater {
             config,
             db,
@@ -328,6 +345,7 @@ impl Updater {
             records: RwLock::new(records),
             served: RwLock::new(BTreeMap::new()),
             manifests: Mutex::new(HashMap::new()),
+            tampered: RwLock::new(tampered),
             pending: Mutex::new(BTreeMap::new()),
             subscribers: Mutex::new(Vec::new()),
         };
@@ -444,8 +462,26 @@ impl Updater {
     /// is served now.
     pub fn rollback(&self, name: &str) -> Result<Option<InstalledModel>, UpdateError> {
         let mut dirty = lock(&self.transitions);
-        if !read(&self.records).contains_key(name) {
+        let Some(record) = read(&self.records).get(name).cloned() else {
             return Err(UpdateError::UnknownModel { name: name.into() });
+        };
+        // The revision a rollback would serve: the committed one when a candidate is
+        // pending, else the newest of the history. A tampered one is refused up front, so
+        // that a rollback never ends with nothing served.
+        let target = match &record.candidate {
+            Some(_) => record.committed.as_ref(),
+            None => record.history.first(),
+        };
+        if let Some(target) = target.filter(|t| self.is_tampered(&t.digest)) {
+            return Err(UpdateError::store(
+                format!(
+                    "model {name}: rollback target {} ({})",
+                    target.version, target.digest
+                ),
+                io::Error::other(
+                    "it failed re-verification (tamper_detected) and is never loaded again",
+                ),
+            ));
         }
         self.count_pending(&mut dirty);
         match self.drive(&mut dirty, name, Event::RollbackRequested, Vec::new()) {
@@ -939,6 +975,15 @@ impl Updater {
     /// The store entry of `rev`, with its manifest checked against the digest; a damaged
     /// entry is reported as a `tamper_detected` event.
     fn installed(&self, name: &str, rev: &Revision) -> Result<InstalledModel, UpdateError> {
+        if self.is_tampered(&rev.digest) {
+            return Err(UpdateError::store(
+                format!("model {name}: store entry {}", rev.digest),
+                io::Error::other(
+                    "it failed re-verification (tamper_detected) and is never loaded again; \
+                     install a newer sequence",
+                ),
+            ));
+        }
         match self.manifest(&rev.digest) {
             Ok(manifest) => Ok(InstalledModel {
                 name: name.to_owned(),
@@ -1003,6 +1048,117 @@ impl Updater {
 
     fn set_record(&self, record: ModelRecord) {
         write(&self.records).insert(record.name.clone(), record);
+    }
+
+    /// Whether the store entry `digest` failed re-verification.
+    pub fn is_tampered(&self, digest: &str) -> bool {
+        read(&self.tampered).contains(digest)
+    }
+
+    /// Re-verifies every store entry a model refers to (see [`integrity::verify_entry`]),
+    /// reading at most `bytes_per_sec` (0 = unlimited) and stopping early when `stop` says
+    /// so. An entry that differs from what was installed is marked tampered for good (it is
+    /// never loaded again: a rollback or restart cannot pick it) and reported by one
+    /// `tamper_detected` event; what is loaded in memory keeps serving, since it was
+    /// verified before it was parsed.
+    pub fn verify_store(
+        &self,
+        bytes_per_sec: u64,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<StoreCheck, UpdateError> {
+        let mut pacer = integrity::Pacer::new(bytes_per_sec, stop);
+        let mut check = StoreCheck::default();
+        let digests: BTreeMap<String, (String, String)> = read(&self.records)
+            .values()
+            .flat_map(|r| {
+                r.committed
+                    .iter()
+                    .chain(r.history.iter())
+                    .chain(r.candidate.as_ref().map(|c| &c.rev))
+                    .map(|rev| (rev.digest.clone(), (r.name.clone(), rev.version.clone())))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let store = self.config.state_dir.join(STORE_DIR);
+        for (digest, (name, version)) in digests {
+            if self.is_tampered(&digest) {
+                continue;
+            }
+            let dir = store.join(&digest);
+            match integrity::verify_entry(&dir, &digest, &mut pacer) {
+                Ok(_) => check.intact += 1,
+                Err(integrity::CheckError::Stopped) => {
+                    check.stopped = true;
+                    break;
+                }
+                Err(integrity::CheckError::Tampered(_)) => {
+                    // A concurrent garbage collection or rollback may have removed the entry
+                    // while it was read: judge again while no transition runs.
+                    let _transitions = lock(&self.transitions);
+                    let still_referenced = read(&self.records)
+                        .values()
+                        .any(|r| r.referenced_digests().any(|d| d == digest));
+                    if !still_referenced {
+                        continue;
+                    }
+                    let never_stop = || false;
+                    let mut again = integrity::Pacer::new(0, &never_stop);
+                    match integrity::verify_entry(&dir, &digest, &mut again) {
+                        Ok(_) => check.intact += 1,
+                        Err(integrity::CheckError::Stopped) => {}
+                        Err(integrity::CheckError::Tampered(t)) => {
+                            self.mark_tampered(&name, &version, &digest, &t)?;
+                            check.tampered.push(digest.clone());
+                        }
+                    }
+                }
+            }
+        }
+        check.bytes = pacer.bytes();
+        Ok(check)
+    }
+
+    fn mark_tampered(
+        &self,
+        name: &str,
+        version: &str,
+        digest: &str,
+        tamper: &integrity::Tamper,
+    ) -> Result<(), UpdateError> {
+        let serving = read(&self.served)
+            .get(name)
+            .is_some_and(|m| m.rev.digest == digest);
+        tracing::error!(
+            model = name,
+            %digest,
+            file = %tamper.file,
+            reason = %tamper.reason,
+            serving,
+            "store entry tampered: it is never loaded again"
+        );
+        let why = json!({"file": tamper.file, "reason": tamper.reason, "unix_ms": unix_ms()});
+        let event = LifecycleEvent::new(
+            "tamper_detected",
+            severity::CRITICAL,
+            Some(name),
+            json!({
+                "digest": digest,
+                "version": version,
+                "what": "re-verification",
+                "file": tamper.file,
+                "reason": tamper.reason,
+                "serving": serving,
+                "action": if serving {
+                    "the verified copy in memory keeps serving; the store copy is never loaded again"
+                } else {
+                    "the store copy is never loaded again"
+                },
+            }),
+            unix_ms(),
+        );
+        write(&self.tampered).insert(digest.to_owned());
+        self.db.mark_tampered(digest, &why, event)?;
+        Ok(())
     }
 
     /// Records an event that belongs to no transition, such as a daemon's `tamper_detected`

@@ -37,6 +37,12 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// The inference guard's rate limits, slots and queue.
     pub guards: Guards,
+    /// Inference counters and latency histograms.
+    pub metrics: super::metrics::Metrics,
+    /// Drift and request-rate watch of the served models.
+    pub drift: Arc<super::drift::DriftMonitor>,
+    /// Counters of the store re-verification.
+    pub store_watch: Arc<super::tamper::StoreWatch>,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -85,6 +91,7 @@ pub async fn handle(
                 error(StatusCode::SERVICE_UNAVAILABLE, "mintd is starting", None)
             }
         }
+        (&Method::GET, ["metrics"]) => super::metrics::reply(&state),
         (&Method::GET, ["v2", "models", name]) => model_metadata(&state, name),
         (&Method::GET, ["v2", "models", name, "ready"]) => match state.registry.get(name) {
             Some(_) => ok(json!({"name": name, "ready": true})),

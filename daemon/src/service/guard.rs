@@ -71,6 +71,31 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in declaration order (for counters indexed by reason).
+    pub const ALL: [Reason; 21] = [
+        Reason::Malformed,
+        Reason::InputName,
+        Reason::OutputName,
+        Reason::Datatype,
+        Reason::Shape,
+        Reason::Batch,
+        Reason::Count,
+        Reason::Value,
+        Reason::NonFinite,
+        Reason::Range,
+        Reason::BodyTooLarge,
+        Reason::HeaderTooLarge,
+        Reason::BodyTimeout,
+        Reason::UnknownModel,
+        Reason::RateLimited,
+        Reason::QueueFull,
+        Reason::NotReady,
+        Reason::DeadlineWaiting,
+        Reason::DeadlineRunning,
+        Reason::Engine,
+        Reason::NonFiniteOutput,
+    ];
+
     /// The HTTP status of the refusal.
     pub fn status(self) -> StatusCode {
         match self {
@@ -738,6 +763,12 @@ impl Admission {
     /// Requests waiting now.
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Inferences holding a slot now.
+    pub fn in_flight(&self) -> usize {
+        self.max_concurrency
+            .saturating_sub(self.slots.available_permits())
     }
 }
 

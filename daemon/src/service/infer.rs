@@ -39,7 +39,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
 use super::api::AppState;
+use super::drift::{DriftMonitor, Side};
 use super::guard::{self, Reason, Refusal};
+use super::metrics::Served;
 use super::peer::Caller;
 use super::registry::LoadedModel;
 use crate::tensor::TensorData;
@@ -503,7 +505,26 @@ pub async fn handle(
     name: &str,
     version: Option<&str>,
 ) -> Reply {
+    let received = std::time::Instant::now();
+    let served = state.registry.get(name);
+    if let Some(m) = &served {
+        let r = &m.installed;
+        state
+            .drift
+            .request(name, &r.manifest.version, &r.rev.digest, received);
+    }
     let outcome = infer(req, &state, caller, name, version).await;
+    state.metrics.record(
+        served.as_ref().map(|m| Served {
+            model: name,
+            version: &m.installed.manifest.version,
+            digest: &m.installed.rev.digest,
+        }),
+        match &outcome {
+            Ok(_) => Ok(received.elapsed()),
+            Err(r) => Err(r.reason),
+        },
+    );
     let counted = match &outcome {
         Ok(_) => Some(true),
         Err(r) if r.reason.is_model_fault() => Some(false),
@@ -626,11 +647,12 @@ async fn infer(
         let name = name.to_owned();
         let started = started.clone();
         let deadline = deadline.into_std();
+        let drift = state.drift.clone();
         tokio::task::spawn_blocking(move || {
             // The slot stays taken until the engine is done, even if the client gave up.
             let _permit = permit;
             let request = parse_request(body, header_length.as_deref(), json_limit)?;
-            run(&model, &name, request, deadline, budget, &started)
+            run(&model, &name, request, deadline, budget, &started, &drift)
         })
     };
     match tokio::time::timeout_at(deadline, task).await {
@@ -666,6 +688,7 @@ fn run(
     deadline: std::time::Instant,
     budget: Duration,
     started: &AtomicBool,
+    drift: &DriftMonitor,
 ) -> Result<Encoded, Refusal> {
     let manifest = &model.installed.manifest;
     if let Some(other) = &request.model_name {
@@ -688,6 +711,15 @@ fn run(
             ),
         ));
     }
+    // Drift needs the inputs' statistics; only models whose manifest has a reference pay.
+    let input_moments: Vec<(String, crate::tensor::Moments)> = if manifest.reference.is_some() {
+        inputs
+            .iter()
+            .map(|c| (c.name.clone(), c.data.moments()))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let tensors = inputs
         .into_iter()
         .map(|c| {
@@ -719,6 +751,24 @@ fn run(
         .collect::<Result<Vec<_>, crate::tensor::TensorError>>()
         .map_err(|e| Refusal::new(Reason::Engine, format!("model output: {e}")))?;
     guard::check_outputs(&produced)?;
+    if manifest.reference.is_some() {
+        let observed: Vec<(Side, &str, crate::tensor::Moments)> = input_moments
+            .iter()
+            .map(|(n, m)| (Side::Input, n.as_str(), *m))
+            .chain(
+                produced
+                    .iter()
+                    .map(|(n, _, data)| (Side::Output, n.as_str(), data.moments())),
+            )
+            .collect();
+        drift.observe(
+            name,
+            &manifest.version,
+            &model.installed.rev.digest,
+            manifest.reference.as_ref(),
+            &observed,
+        );
+    }
     let selected: Vec<ResponseOutput> = match &request.outputs {
         None => produced
             .into_iter()

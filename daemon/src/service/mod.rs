@@ -3,12 +3,15 @@
 //! everything `mintd [--config]` does.
 
 pub mod api;
+pub mod drift;
 pub mod guard;
 pub mod infer;
 pub mod memory;
+pub mod metrics;
 pub mod peer;
 pub mod probe;
 pub mod registry;
+pub mod tamper;
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -97,6 +100,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || open_updater(&config, registry)).await??
     };
     let updater = Arc::new(updater);
+    let (drift_tx, mut drift_rx) = tokio::sync::mpsc::channel(drift::EVENT_QUEUE);
+    let store_watch = Arc::new(tamper::StoreWatch::default());
     let state = Arc::new(AppState {
         updater: updater.clone(),
         registry: registry.clone(),
@@ -105,7 +110,27 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         started,
         ready: false.into(),
         guards: guard::Guards::new(&config.api),
+        metrics: metrics::Metrics::default(),
+        drift: Arc::new(drift::DriftMonitor::new(config.monitor.clone(), drift_tx)),
+        store_watch: store_watch.clone(),
     });
+    // Drift and rate events are recorded off the request path (a durable write each).
+    let drift_events = {
+        let updater = updater.clone();
+        tokio::spawn(async move {
+            while let Some(event) = drift_rx.recv().await {
+                let u = updater.clone();
+                let _ = tokio::task::spawn_blocking(move || u.record_event(event)).await;
+            }
+        })
+    };
+    let reverifier = tamper::Reverifier::start(
+        updater.clone(),
+        store_watch,
+        Duration::from_secs(config.monitor.rehash_interval_secs),
+        config.monitor.rehash_bytes_per_sec,
+    )
+    .context("cannot start the store re-verification thread")?;
     let listener = bind(&config.paths.socket, config.api.socket_mode)?;
     let tcp = match config.api.tcp {
         None => None,
@@ -194,6 +219,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!("stopping");
     let _ = notifier.stopping();
     ticker.abort();
+    drift_events.abort();
+    drop(reverifier);
     if let Some(w) = watchdog {
         w.abort();
     }

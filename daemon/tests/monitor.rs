@@ -1,0 +1,301 @@
+//! What mintd watches while it serves, against the real daemon: `GET /metrics` in Prometheus
+//! text format (requests, rejects by reason, latency histogram, drift, model labels), drift of
+//! the inputs from the manifest's reference statistics (one `drift_detected` event, then
+//! `drift_cleared`), and the periodic re-verification of the store: a model file changed on
+//! disk is reported once as `tamper_detected`, the verified model in memory keeps answering,
+//! and the changed copy is never loaded again, not even after a restart.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::{digest, Daemon, Workspace};
+
+/// One exchange over the socket: status, content type, body.
+fn exchange(socket: &Path, method: &str, path: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut stream = UnixStream::connect(socket).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: mintd\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    // A daemon may answer (404, 413) and close before reading the body.
+    let _ = stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(body));
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP answer");
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let content_type = head
+        .split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_default();
+    (status, content_type, raw[end + 4..].to_vec())
+}
+
+/// `GET /metrics`, parsed into `series{labels} -> value`.
+fn metrics(d: &Daemon) -> BTreeMap<String, f64> {
+    let (status, content_type, body) = exchange(&d.socket, "GET", "/metrics", b"");
+    assert_eq!(status, 200);
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    let text = String::from_utf8(body).expect("UTF-8 exposition");
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("`series value`");
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "NaN" => f64::NAN,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        assert!(
+            out.insert(series.to_owned(), value).is_none(),
+            "series {series} twice"
+        );
+    }
+    out
+}
+
+/// An inference of one row of the mlp; waits out the model's rate limit (100/s) rather than
+/// counting 429s.
+fn infer_row(d: &Daemon, row: &[f64]) -> (u16, Value) {
+    let request =
+        json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data": row}]});
+    loop {
+        let (status, _, body) = exchange(
+            &d.socket,
+            "POST",
+            "/v2/models/m/infer",
+            request.to_string().as_bytes(),
+        );
+        if status == 429 {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        return (status, serde_json::from_slice(&body).expect("JSON answer"));
+    }
+}
+
+/// Rows like the reference's inputs (`auto:N` draws them uniformly from [-1, 1]), from a
+/// fixed-seed generator.
+fn reference_like_rows(n: usize) -> Vec<Vec<f64>> {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    };
+    (0..n).map(|_| (0..16).map(|_| next()).collect()).collect()
+}
+
+fn install_committed(d: &Daemon, bundle: &Path) -> String {
+    let reply = d.install(bundle).expect("install");
+    assert_eq!(reply["outcome"], "committed", "{reply}");
+    digest(&reply["model"])
+}
+
+fn wait_for_event(d: &Daemon, kind: &str, deadline: Duration) -> Vec<Value> {
+    let until = Instant::now() + deadline;
+    loop {
+        let events = d.events_of(kind);
+        if !events.is_empty() || Instant::now() > until {
+            return events;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn metrics_count_requests_rejects_latency_and_drift_with_model_labels() {
+    let ws = Workspace::new();
+    // 64 reference cases: stable reference statistics.
+    let bundle = ws.bundle("m", "1.0.0", 1).golden("auto:64").create();
+    let mut config = ws.config();
+    config
+        .set("monitor", "drift_min_requests", "20")
+        .set("monitor", "drift_threshold", "3.0")
+        .set("monitor", "rehash_interval_secs", "0");
+    let d = config.start();
+    let digest = install_committed(&d, &bundle);
+
+    // Traffic like the reference: answered, no drift.
+    for row in reference_like_rows(40) {
+        let (status, body) = infer_row(&d, &row);
+        assert_eq!(status, 200, "{body}");
+    }
+    // One refused request of each kind the series must separate.
+    let (status, _) = infer_row(&d, &[0.0; 15]);
+    assert_eq!(status, 400);
+    let (status, _, _) = exchange(&d.socket, "POST", "/v2/models/nope/infer", b"{}");
+    assert_eq!(status, 404);
+
+    let m = metrics(&d);
+    let l = format!("model=\"m\",version=\"1.0.0\",digest=\"{digest}\"");
+    let get = |series: &str| -> f64 {
+        *m.get(series)
+            .unwrap_or_else(|| panic!("no series {series} in {m:#?}"))
+    };
+    assert_eq!(get("mintd_up{version=\"0.1.0\"}"), 1.0);
+    assert_eq!(
+        get(&format!(
+            "mintd_model_info{{{l},sequence=\"1\",phase=\"committed\"}}"
+        )),
+        1.0
+    );
+    let rate_limited = m
+        .get(&format!(
+            "mintd_inference_rejects_total{{{l},reason=\"rate_limit\"}}"
+        ))
+        .copied()
+        .unwrap_or(0.0);
+    assert_eq!(
+        get(&format!("mintd_inference_requests_total{{{l}}}")),
+        41.0 + rate_limited
+    );
+    assert_eq!(
+        get(&format!(
+            "mintd_inference_rejects_total{{{l},reason=\"count\"}}"
+        )) + get(&format!(
+            "mintd_inference_rejects_total{{{l},reason=\"shape\"}}"
+        )),
+        1.0
+    );
+    assert_eq!(
+        get("mintd_inference_rejects_total{model=\"\",version=\"\",digest=\"\",reason=\"unknown_model\"}"),
+        1.0
+    );
+    assert_eq!(
+        get(&format!("mintd_inference_latency_seconds_count{{{l}}}")),
+        40.0
+    );
+    assert_eq!(
+        get(&format!(
+            "mintd_inference_latency_seconds_bucket{{{l},le=\"+Inf\"}}"
+        )),
+        40.0
+    );
+    assert!(get(&format!("mintd_inference_latency_seconds_sum{{{l}}}")) > 0.0);
+    let score = get(&format!("mintd_model_drift_score{{{l}}}"));
+    assert!(score < 1.0, "reference-like traffic scored {score}");
+    assert_eq!(get(&format!("mintd_model_drifting{{{l}}}")), 0.0);
+    assert_eq!(get("mintd_tamper_detected_total"), 0.0);
+    assert!(get("mintd_resident_memory_bytes") > 1e6);
+    assert!(d.events_of("drift_detected").is_empty());
+
+    // Inputs far from what the model was signed with (this bundle declares no range, so
+    // they are accepted): the recent mean moves about 5 reference standard deviations.
+    for _ in 0..100 {
+        let (status, body) = infer_row(&d, &[3.0; 16]);
+        assert_eq!(status, 200, "{body}");
+    }
+    let events = wait_for_event(&d, "drift_detected", Duration::from_secs(5));
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(e["model"], "m");
+    assert_eq!(e["severity"], "warning");
+    assert!(e["details"]["score"].as_f64().unwrap() > 3.0, "{e}");
+    assert_eq!(e["details"]["threshold"], 3.0);
+    let m = metrics(&d);
+    assert_eq!(m[&format!("mintd_model_drifting{{{l}}}")], 1.0);
+    assert!(m[&format!("mintd_model_drift_score{{{l}}}")] > 3.0);
+    assert!(
+        m[&format!("mintd_tensor_drift_score{{{l},tensor=\"input\",side=\"input\"}}")].is_finite()
+    );
+
+    // Back to reference-like traffic: cleared, once.
+    for row in reference_like_rows(400) {
+        let (status, _) = infer_row(&d, &row);
+        assert_eq!(status, 200);
+    }
+    let cleared = wait_for_event(&d, "drift_cleared", Duration::from_secs(5));
+    assert_eq!(cleared.len(), 1, "{cleared:?}");
+    assert_eq!(d.events_of("drift_detected").len(), 1);
+}
+
+#[test]
+fn a_model_changed_on_disk_is_reported_once_keeps_serving_from_memory_and_is_never_loaded_again() {
+    let ws = Workspace::new();
+    let bundle = ws.bundle("m", "1.0.0", 1).create();
+    let mut config = ws.config();
+    config.set("monitor", "rehash_interval_secs", "1");
+    let mut d = config.start();
+    let digest = install_committed(&d, &bundle);
+    let row = [0.25; 16];
+    let (status, before) = infer_row(&d, &row);
+    assert_eq!(status, 200);
+
+    // Someone with write access to the store flips one byte of the model.
+    let path = d.state_dir.join("store").join(&digest).join("model.onnx");
+    let mut bytes = fs::read(&path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    fs::write(&path, &bytes).unwrap();
+
+    let events = wait_for_event(&d, "tamper_detected", Duration::from_secs(15));
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(e["severity"], "critical");
+    assert_eq!(e["model"], "m");
+    assert_eq!(e["details"]["digest"], digest.as_str());
+    assert_eq!(e["details"]["file"], "model.onnx");
+    assert_eq!(e["details"]["serving"], true);
+    assert!(
+        e["details"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("SHA-256 is"),
+        "{e}"
+    );
+
+    // The verified model in memory answers as before.
+    let (status, after) = infer_row(&d, &row);
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(after["outputs"], before["outputs"]);
+
+    // Later passes do not report it again.
+    let passes = |d: &Daemon| metrics(d)["mintd_store_verifications_total"];
+    let seen = passes(&d);
+    let until = Instant::now() + Duration::from_secs(10);
+    while passes(&d) < seen + 2.0 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(passes(&d) >= seen + 2.0, "no further passes");
+    assert_eq!(d.events_of("tamper_detected").len(), 1);
+    assert_eq!(metrics(&d)["mintd_tamper_detected_total"], 1.0);
+
+    // A restarted daemon does not load the changed copy: it serves nothing rather than
+    // bytes nobody signed, and says why.
+    d.terminate(Duration::from_secs(10));
+    let d = config.start();
+    let status = d.get("/v1/status");
+    assert_eq!(status["serving"], json!([]), "{status}");
+    let (code, body) = infer_row(&d, &row);
+    assert_eq!(code, 404, "{body}");
+    assert!(d.stderr().contains("never loaded again"), "{}", d.stderr());
+    assert_eq!(d.events_of("tamper_detected").len(), 1);
+}
