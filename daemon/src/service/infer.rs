@@ -680,8 +680,9 @@ async fn infer(
 }
 
 /// On the blocking pool: the manifest's checks, the engine (panics contained), output sanity,
-/// the encoded answer.
-fn run(
+/// the encoded answer. Public for the inference benchmark, which runs [`parse_request`] and
+/// this on its own thread: the guarded path without the HTTP and async parts.
+pub fn run(
     model: &LoadedModel,
     name: &str,
     request: InferRequest,

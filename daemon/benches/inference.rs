@@ -1,0 +1,741 @@
+//! Inference benchmark (not a test): what the guard and the API add to tract, and how mintd
+//! serves against an onnxruntime-based v2 server. Every figure is a ratio or a difference
+//! against a reference measured in the same run; nothing is asserted.
+//!
+//! `scripts/bench-inference.sh` (builds, makes `.venv-bench` with onnxruntime, runs this).
+//! Environment: `BENCH_SECS` (length of each load phase, default 5), `BENCH_ROUNDS`
+//! (interleaved rounds, default 5), `BENCH_CONNECTIONS` (closed-loop connections, default 8),
+//! `BENCH_PYTHON` (python with onnxruntime; part C is skipped without it).
+//!
+//! A. In process, on one thread: the guarded path of the API (`infer::parse_request` +
+//!    `infer::run`: parse, the manifest's checks, tract, output sanity, drift statistics, the
+//!    encoded answer) against tract's own `run` on the same model and input.
+//! B. End to end over the Unix socket against the release `mintd`: latency added over raw
+//!    tract at low load (one connection), saturation throughput (closed loop), then p50/p99 of
+//!    an open-loop load at 80 % of saturation (latency from the scheduled send time, so a late
+//!    answer also delays what should have been sent meanwhile: no coordinated omission).
+//! C. Throughput over loopback TCP, mintd (`api.tcp`) against `ort_server.py` (onnxruntime
+//!    behind the standard library's ThreadingHTTPServer), same load generator, same requests
+//!    (binary tensor extension, what tritonclient sends by default), interleaved rounds.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mint_updater::bundle::verify::{read_header, Policy};
+use mint_updater::updater::InstalledModel;
+use mint_updater::{Revision, TrustStore};
+use mintd::client::Client;
+use mintd::engine::Engine;
+use mintd::service::drift::DriftMonitor;
+use mintd::service::infer;
+use mintd::service::registry::LoadedModel;
+use tract_onnx::prelude::*;
+
+const MINTD: &str = env!("CARGO_BIN_EXE_mintd");
+const MINTCTL: &str = env!("CARGO_BIN_EXE_mintctl");
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/models")
+        .join(name)
+}
+
+/// A model of the benchmark: fixture, name, input and its shape.
+struct Bench {
+    name: &'static str,
+    file: &'static str,
+    input: &'static str,
+    shape: Vec<usize>,
+    /// In-process iterations per round.
+    iterations: usize,
+}
+
+impl Bench {
+    fn values(&self) -> Vec<f32> {
+        let n: usize = self.shape.iter().product();
+        (0..n)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
+    }
+
+    /// The request body in the binary tensor extension with the length of its JSON part:
+    /// binary input, binary outputs (tritonclient's defaults).
+    fn binary_body(&self) -> (Vec<u8>, usize) {
+        let values = self.values();
+        let header = serde_json::json!({
+            "inputs": [{"name": self.input, "datatype": "FP32", "shape": self.shape,
+                        "parameters": {"binary_data_size": values.len() * 4}}],
+            "parameters": {"binary_data_output": true}
+        })
+        .to_string();
+        let mut body = header.clone().into_bytes();
+        body.extend(values.iter().flat_map(|x| x.to_le_bytes()));
+        (body, header.len())
+    }
+
+    /// The same request in v2 JSON (JSON answer).
+    fn json_body(&self) -> Vec<u8> {
+        serde_json::json!({
+            "inputs": [{"name": self.input, "datatype": "FP32", "shape": self.shape,
+                        "data": self.values()}]
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    /// One complete HTTP/1.1 request (keep-alive) with the binary body.
+    fn http_request(&self) -> Vec<u8> {
+        let (body, header_length) = self.binary_body();
+        let mut request = format!(
+            "POST /v2/models/{}/infer HTTP/1.1\r\nHost: bench\r\nContent-Type: \
+             application/octet-stream\r\nInference-Header-Content-Length: {header_length}\r\n\
+             Content-Length: {}\r\n\r\n",
+            self.name,
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(&body);
+        request
+    }
+}
+
+fn mintctl(dir: &Path, args: &[&str]) {
+    let out = Command::new(MINTCTL)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("mintctl");
+    assert!(
+        out.status.success(),
+        "mintctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A signed bundle of the fixture, with limits that never throttle the benchmark.
+fn bundle(dir: &Path, b: &Bench) -> PathBuf {
+    let out = dir.join(format!("{}.mint", b.name));
+    let model = fixture(b.file);
+    mintctl(
+        dir,
+        &[
+            "bundle",
+            "create",
+            "--model",
+            model.to_str().unwrap(),
+            "--name",
+            b.name,
+            "--version",
+            "1",
+            "--sequence",
+            "1",
+            "--key",
+            "op.key",
+            "--golden",
+            "auto:4",
+            "--rate-limit",
+            "1000000",
+            "--timeout-ms",
+            "10000",
+            "--latency-budget-ms",
+            "10000",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    out
+}
+
+/// The bundle's verified manifest and the engine, as the registry would load them.
+fn load_in_process(dir: &Path, bundle: &Path, b: &Bench) -> LoadedModel {
+    let trust = TrustStore::load(&[dir.join("op.pub")], 1).expect("trust");
+    let policy = Policy {
+        trust: &trust,
+        now: mintd::ctl::time_arg::now(),
+        trusted_time: None,
+        device_targets: None,
+        min_sequence: None,
+        limits: mintd::service::limits(&mint_config::Config::default()),
+    };
+    let header = read_header(&mut fs::File::open(bundle).unwrap(), &policy).expect("verify");
+    let manifest = header.manifest;
+    let file = manifest.model_file().expect("model file").clone();
+    let bytes = fs::read(fixture(b.file)).unwrap();
+    let engine = Engine::load_verified(&bytes, &file.sha256).expect("engine");
+    LoadedModel {
+        installed: InstalledModel {
+            name: b.name.into(),
+            rev: Revision {
+                digest: hex::encode(header.manifest_sha256),
+                version: manifest.version.clone(),
+                sequence: manifest.sequence,
+                created: manifest.created,
+                model_sha256: file.sha256,
+            },
+            dir: dir.to_owned(),
+            manifest,
+        },
+        engine,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Part A for one model: (raw µs, guarded binary µs, guarded JSON µs), medians over rounds of
+/// the mean time per inference; and raw tract's per-inference latencies (for part B).
+fn in_process(dir: &Path, bundle: &Path, b: &Bench, rounds: usize) -> (f64, f64, f64, Vec<f64>) {
+    let model = load_in_process(dir, bundle, b);
+    let (tx, _rx) = tokio::sync::mpsc::channel(1024);
+    let drift = DriftMonitor::new(mint_config::Config::default().monitor, tx);
+    let bytes = fs::read(fixture(b.file)).unwrap();
+    let plan = tract_onnx::onnx()
+        .model_for_read(&mut &bytes[..])
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable())
+        .expect("raw tract");
+    let input = Tensor::from_shape(&b.shape, &b.values()).unwrap();
+    let (binary, header_length) = b.binary_body();
+    let binary = Bytes::from(binary);
+    let header_length = header_length.to_string();
+    let json = Bytes::from(b.json_body());
+    let started = AtomicBool::new(false);
+    let budget = Duration::from_secs(3600);
+
+    let raw = || {
+        let out = plan.run(tvec![input.clone().into_tvalue()]).unwrap();
+        std::hint::black_box(out);
+    };
+    let guarded = |body: &Bytes, header: Option<&str>| {
+        let request = infer::parse_request(body.clone(), header, infer::MAX_JSON_BYTES).unwrap();
+        let deadline = Instant::now() + budget;
+        let answer = infer::run(&model, b.name, request, deadline, budget, &started, &drift)
+            .unwrap_or_else(|r| panic!("guarded inference refused: {}", r.message));
+        std::hint::black_box(answer);
+    };
+
+    // The guarded answer carries tract's output, bit for bit.
+    let request =
+        infer::parse_request(binary.clone(), Some(header_length.as_str()), usize::MAX).unwrap();
+    let answer = infer::run(
+        &model,
+        b.name,
+        request,
+        Instant::now() + budget,
+        budget,
+        &started,
+        &drift,
+    )
+    .unwrap();
+    let n = answer.header_length.expect("binary answer");
+    let reference = plan.run(tvec![input.clone().into_tvalue()]).unwrap();
+    let expected: Vec<u8> = reference[0]
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    assert_eq!(
+        &answer.body[n..],
+        &expected[..],
+        "{}: guarded != raw",
+        b.name
+    );
+
+    for _ in 0..b.iterations / 4 {
+        raw();
+        guarded(&binary, Some(header_length.as_str()));
+        guarded(&json, None);
+    }
+    let time = |f: &dyn Fn()| {
+        let t = Instant::now();
+        for _ in 0..b.iterations {
+            f();
+        }
+        us(t.elapsed()) / b.iterations as f64
+    };
+    let (mut r, mut g, mut j) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        r.push(time(&raw));
+        g.push(time(&|| guarded(&binary, Some(header_length.as_str()))));
+        j.push(time(&|| guarded(&json, None)));
+    }
+    let mut latencies: Vec<f64> = (0..b.iterations.max(200))
+        .map(|_| {
+            let t = Instant::now();
+            raw();
+            us(t.elapsed())
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    (median(r), median(g), median(j), latencies)
+}
+
+/// A keep-alive HTTP/1.1 connection, Unix or TCP.
+trait Stream: Read + Write + Send {}
+impl Stream for UnixStream {}
+impl Stream for TcpStream {}
+
+#[derive(Clone, Debug)]
+enum Target {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+impl Target {
+    fn connect(&self) -> Connection {
+        let stream: Box<dyn Stream> = match self {
+            Target::Unix(p) => Box::new(UnixStream::connect(p).expect("connect")),
+            Target::Tcp(a) => {
+                let s = TcpStream::connect(a).expect("connect");
+                s.set_nodelay(true).unwrap();
+                Box::new(s)
+            }
+        };
+        Connection {
+            reader: BufReader::with_capacity(64 * 1024, stream),
+            line: String::new(),
+            body: Vec::new(),
+        }
+    }
+}
+
+struct Connection {
+    reader: BufReader<Box<dyn Stream>>,
+    line: String,
+    body: Vec<u8>,
+}
+
+impl Connection {
+    /// Sends `request`, reads the whole answer; its status.
+    fn call(&mut self, request: &[u8]) -> u16 {
+        self.reader.get_mut().write_all(request).expect("send");
+        self.line.clear();
+        self.reader.read_line(&mut self.line).expect("status line");
+        let status = self
+            .line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {:?}", self.line));
+        let mut length = 0usize;
+        loop {
+            self.line.clear();
+            self.reader.read_line(&mut self.line).expect("header");
+            let l = self.line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().expect("content-length");
+                }
+            }
+        }
+        self.body.resize(length, 0);
+        self.reader.read_exact(&mut self.body).expect("body");
+        status
+    }
+}
+
+/// Closed loop: `connections` clients, each sending as soon as it has its answer, for
+/// `secs`; requests per second and the share that were not 200.
+fn saturate(target: &Target, request: &[u8], connections: usize, secs: f64) -> (f64, f64) {
+    let barrier = Arc::new(Barrier::new(connections + 1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..connections)
+        .map(|_| {
+            let (target, request) = (target.clone(), request.to_vec());
+            let (barrier, stop) = (barrier.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut conn = target.connect();
+                conn.call(&request);
+                barrier.wait();
+                let (mut ok, mut failed) = (0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    if conn.call(&request) == 200 {
+                        ok += 1;
+                    } else {
+                        failed += 1;
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = workers
+        .into_iter()
+        .map(|w| w.join().unwrap())
+        .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
+    let elapsed = start.elapsed().as_secs_f64();
+    (
+        ok as f64 / elapsed,
+        failed as f64 / (ok + failed).max(1) as f64,
+    )
+}
+
+/// Open loop at `rate` requests per second for `secs`, spread over `connections`; latencies
+/// in µs from each request's scheduled time, sorted, and the count of non-200 answers.
+fn open_loop(
+    target: &Target,
+    request: &[u8],
+    rate: f64,
+    connections: usize,
+    secs: f64,
+) -> (Vec<f64>, usize) {
+    let total = (rate * secs) as usize;
+    let interval = 1.0 / rate;
+    let barrier = Arc::new(Barrier::new(connections + 1));
+    let start_at = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let workers: Vec<_> = (0..connections)
+        .map(|i| {
+            let (target, request) = (target.clone(), request.to_vec());
+            let (barrier, start_at) = (barrier.clone(), start_at.clone());
+            std::thread::spawn(move || {
+                let mut conn = target.connect();
+                conn.call(&request);
+                barrier.wait();
+                let t0 = *start_at.wait();
+                let mut latencies = Vec::with_capacity(total / connections + 1);
+                let mut failed = 0;
+                for k in (i..total).step_by(connections) {
+                    let scheduled = t0 + Duration::from_secs_f64(k as f64 * interval);
+                    let now = Instant::now();
+                    if scheduled > now {
+                        std::thread::sleep(scheduled - now);
+                    }
+                    if conn.call(&request) != 200 {
+                        failed += 1;
+                    }
+                    latencies.push(us(scheduled.elapsed()));
+                }
+                (latencies, failed)
+            })
+        })
+        .collect();
+    barrier.wait();
+    start_at
+        .set(Instant::now() + Duration::from_millis(20))
+        .unwrap();
+    let mut all = Vec::with_capacity(total);
+    let mut failed = 0;
+    for w in workers {
+        let (l, f) = w.join().unwrap();
+        all.extend(l);
+        failed += f;
+    }
+    all.sort_by(f64::total_cmp);
+    (all, failed)
+}
+
+/// One connection, one request at a time: latencies in µs, sorted.
+fn sequential(target: &Target, request: &[u8], count: usize) -> Vec<f64> {
+    let mut conn = target.connect();
+    for _ in 0..count / 10 {
+        conn.call(request);
+    }
+    let mut v: Vec<f64> = (0..count)
+        .map(|_| {
+            let t = Instant::now();
+            assert_eq!(conn.call(request), 200);
+            us(t.elapsed())
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// A child process killed on drop.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The release mintd with a socket and a loopback TCP listener, limits out of the way.
+fn start_mintd(dir: &Path) -> (Reaped, PathBuf, SocketAddr) {
+    let socket = dir.join("mintd.sock");
+    let log = dir.join("mintd.log");
+    let config = dir.join("mintd.toml");
+    fs::write(
+        &config,
+        format!(
+            "[paths]\nstate_dir = {:?}\nsocket = {socket:?}\n[trust]\nkeys_dir = {:?}\n\
+             [api]\ntcp = \"127.0.0.1:0\"\nrate_limit_per_sec = 100000000\nqueue_depth = 256\n\
+             request_timeout_ms = 10000\n",
+            dir.join("state"),
+            dir.join("trust"),
+        ),
+    )
+    .unwrap();
+    let child = Command::new(MINTD)
+        .arg("--config")
+        .arg(&config)
+        .env("MINT_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn mintd");
+    let child = Reaped(child);
+    let client = Client::new(&socket);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.get("/v2/health/ready").is_err() {
+        assert!(Instant::now() < deadline, "mintd not ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = fs::read_to_string(&log).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("inference on loopback TCP"))
+        .expect("TCP listener in the log");
+    let at = line.find("address=").unwrap() + "address=".len();
+    let addr = line[at..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (child, socket, addr)
+}
+
+fn start_ort(python: &str, benches: &[Bench]) -> (Reaped, SocketAddr) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/ort_server.py");
+    let mut cmd = Command::new(python);
+    cmd.arg(script);
+    for b in benches {
+        cmd.arg("--model")
+            .arg(format!("{}={}", b.name, fixture(b.file).display()));
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn ort_server.py");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("ort_server.py says where it listens");
+    let addr = line
+        .trim()
+        .strip_prefix("listening ")
+        .unwrap_or_else(|| panic!("ort_server.py: {line:?}"))
+        .parse()
+        .unwrap();
+    (Reaped(child), addr)
+}
+
+/// The first answer of `target` to `request`: the output values of a binary answer.
+fn output_values(target: &Target, request: &[u8]) -> Vec<f32> {
+    let mut conn = target.connect();
+    assert_eq!(
+        conn.call(request),
+        200,
+        "{}",
+        String::from_utf8_lossy(&conn.body)
+    );
+    let json: serde_json::Value = serde_json::Deserializer::from_slice(&conn.body)
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap();
+    let size = json["outputs"][0]["parameters"]["binary_data_size"]
+        .as_u64()
+        .expect("binary output") as usize;
+    conn.body[conn.body.len() - size..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn main() {
+    let secs: f64 = env_or("BENCH_SECS", 5.0);
+    let rounds: usize = env_or("BENCH_ROUNDS", 5);
+    let connections: usize = env_or("BENCH_CONNECTIONS", 8);
+    let python = std::env::var("BENCH_PYTHON").ok();
+    let dir = tempfile::Builder::new()
+        .prefix("mint-ibench")
+        .tempdir()
+        .unwrap();
+    let dir = dir.path();
+    mintctl(dir, &["key", "gen", "--out", "op"]);
+    fs::create_dir(dir.join("trust")).unwrap();
+    fs::copy(dir.join("op.pub"), dir.join("trust/op.pub")).unwrap();
+    let benches = [
+        Bench {
+            name: "mlp",
+            file: "mlp.onnx",
+            input: "input",
+            shape: vec![1, 16],
+            iterations: 20_000,
+        },
+        Bench {
+            name: "convnet",
+            file: "convnet.onnx",
+            input: "image",
+            shape: vec![1, 3, 64, 64],
+            iterations: 100,
+        },
+    ];
+    let bundles: Vec<PathBuf> = benches.iter().map(|b| bundle(dir, b)).collect();
+    println!(
+        "inference bench: {} cores, BENCH_SECS={secs} BENCH_ROUNDS={rounds} \
+         BENCH_CONNECTIONS={connections}, load before: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
+
+    println!("\nA. in process, one thread (median of {rounds} rounds, µs per inference)");
+    println!(
+        "{:<8} {:>10} {:>14} {:>8} {:>14} {:>8}",
+        "model", "raw tract", "guarded (bin)", "ratio", "guarded (json)", "ratio"
+    );
+    let mut raw_latency = Vec::new();
+    for (b, bundle) in benches.iter().zip(&bundles) {
+        let (raw, bin, json, lat) = in_process(dir, bundle, b, rounds);
+        println!(
+            "{:<8} {raw:>10.1} {bin:>14.1} {:>7.3}x {json:>14.1} {:>7.3}x",
+            b.name,
+            bin / raw,
+            json / raw
+        );
+        raw_latency.push(lat);
+    }
+
+    let (_mintd, socket, tcp) = start_mintd(dir);
+    let client = Client::new(&socket);
+    for bundle in &bundles {
+        let reply = client
+            .post_json(
+                "/v1/install",
+                &serde_json::json!({"path": bundle.to_str().unwrap()}),
+            )
+            .expect("install");
+        // Served either way; the trial ends after its requests.
+        assert!(
+            reply["outcome"] == "committed" || reply["outcome"] == "on_trial",
+            "{reply}"
+        );
+    }
+    let unix = Target::Unix(socket.clone());
+
+    println!(
+        "\nB. end to end over the Unix socket (µs; added = mintd minus raw tract at the same \
+         percentile)"
+    );
+    println!(
+        "{:<8} {:>9} {:>9} {:>10} {:>10} | {:>10} {:>9} {:>9} {:>9} {:>10} {:>7}",
+        "model",
+        "raw p50",
+        "raw p99",
+        "idle p50",
+        "added p50",
+        "sat. req/s",
+        "80% rate",
+        "p50",
+        "p99",
+        "added p50",
+        "p99/p50"
+    );
+    for (b, raw) in benches.iter().zip(&raw_latency) {
+        let request = b.http_request();
+        let count = if b.iterations > 1000 { 5000 } else { 300 };
+        let idle = sequential(&unix, &request, count);
+        let (raw50, raw99) = (percentile(raw, 0.5), percentile(raw, 0.99));
+        let idle50 = percentile(&idle, 0.5);
+        let (saturation, failed) = saturate(&unix, &request, connections, secs);
+        assert!(failed == 0.0, "{} refused at saturation: {failed}", b.name);
+        let rate = 0.8 * saturation;
+        let (lat, failed) = open_loop(&unix, &request, rate, connections.max(16), secs);
+        let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+        println!(
+            "{:<8} {raw50:>9.1} {raw99:>9.1} {idle50:>10.1} {:>10.1} | {saturation:>10.0} \
+             {rate:>9.0} {p50:>9.1} {p99:>9.1} {:>10.1} {:>7.2}{}",
+            b.name,
+            idle50 - raw50,
+            p50 - raw50,
+            p99 / p50,
+            if failed > 0 {
+                format!("  ({failed} refused)")
+            } else {
+                String::new()
+            }
+        );
+    }
+
+    let Some(python) = python else {
+        println!("\nC. skipped: BENCH_PYTHON (a python with onnxruntime) is not set");
+        return;
+    };
+    let (_ort, ort_addr) = start_ort(&python, &benches);
+    let mintd_tcp = Target::Tcp(tcp);
+    let ort = Target::Tcp(ort_addr);
+    println!(
+        "\nC. throughput over loopback TCP, {connections} connections, closed loop, binary \
+         tensors (median of {rounds} interleaved rounds of {secs} s, requests per second)"
+    );
+    println!(
+        "{:<8} {:>12} {:>16} {:>8} {:>16}",
+        "model", "mintd", "onnxruntime+http", "ratio", "max |difference|"
+    );
+    for b in &benches {
+        let request = b.http_request();
+        let ours = output_values(&mintd_tcp, &request);
+        let theirs = output_values(&ort, &request);
+        assert_eq!(ours.len(), theirs.len());
+        let diff = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let (mut m, mut o) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            let (x, failed) = saturate(&mintd_tcp, &request, connections, secs);
+            assert!(failed == 0.0, "mintd refused {failed}");
+            m.push(x);
+            let (y, failed) = saturate(&ort, &request, connections, secs);
+            assert!(failed == 0.0, "ort_server refused {failed}");
+            o.push(y);
+        }
+        let (m, o) = (median(m), median(o));
+        println!(
+            "{:<8} {m:>12.0} {o:>16.0} {:>7.2}x {diff:>16.2e}",
+            b.name,
+            m / o
+        );
+    }
+}
