@@ -154,6 +154,8 @@ fn bundle(dir: &Path, b: &Bench) -> PathBuf {
             "10000",
             "--latency-budget-ms",
             "10000",
+            "--trial-requests",
+            "1",
             "--out",
             out.to_str().unwrap(),
         ],
@@ -645,13 +647,31 @@ fn main() {
                 &serde_json::json!({"path": bundle.to_str().unwrap()}),
             )
             .expect("install");
-        // Served either way; the trial ends after its requests.
+        // Served either way; the trial ends after its one request.
         assert!(
             reply["outcome"] == "committed" || reply["outcome"] == "on_trial",
             "{reply}"
         );
     }
+    // Measure the steady state: every model committed, nothing on trial.
     let unix = Target::Unix(socket.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for b in &benches {
+            unix.connect().call(&b.http_request());
+        }
+        let models = client.get("/v1/models").expect("models");
+        let records = models["models"].as_array().expect("records");
+        if records.len() == benches.len()
+            && records
+                .iter()
+                .all(|r| r["candidate"].is_null() && !r["committed"].is_null())
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "trials did not end: {models}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     println!(
         "\nB. end to end over the Unix socket (µs; added = mintd minus raw tract at the same \

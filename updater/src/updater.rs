@@ -414,11 +414,7 @@ impl Updater {
     /// candidate. Never waits for a transition: the request is queued and counted as soon as
     /// none runs. Requests to a model without a candidate on trial are ignored.
     pub fn record_request(&self, name: &str, ok: bool) {
-        let on_trial = read(&self.records)
-            .get(name)
-            .and_then(|r| r.candidate.as_ref())
-            .is_some_and(|c| c.phase == Phase::Trial);
-        if !on_trial {
+        if !self.on_trial(name) {
             return;
         }
         {
@@ -431,6 +427,16 @@ impl Updater {
         if let Some(mut dirty) = try_lock(&self.transitions) {
             self.count_pending(&mut dirty);
         }
+    }
+
+    /// Whether a candidate of `name` is on trial, i.e. whether [`Updater::record_request`]
+    /// counts anything (a read lock, no I/O: callers skip handing the count to a blocking
+    /// thread when it would not count).
+    pub fn on_trial(&self, name: &str) -> bool {
+        read(&self.records)
+            .get(name)
+            .and_then(|r| r.candidate.as_ref())
+            .is_some_and(|c| c.phase == Phase::Trial)
     }
 
     /// Ends trials whose time is up, counts queued requests and persists trial counters.

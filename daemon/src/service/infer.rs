@@ -530,7 +530,9 @@ pub async fn handle(
         Err(r) if r.reason.is_model_fault() => Some(false),
         Err(_) => None,
     };
-    if let Some(ok) = counted {
+    // Only a model on trial counts (a read lock to know): the steady state skips the hop to
+    // a blocking thread, which costs more than the rest of a small model's request.
+    if let Some(ok) = counted.filter(|_| state.updater.on_trial(name)) {
         // May commit or roll back a trial (durable writes): not on an async worker.
         let updater = state.updater.clone();
         let model = name.to_owned();
