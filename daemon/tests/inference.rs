@@ -9,8 +9,7 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,104 +22,12 @@ use mint_updater::manifest::{
 };
 use mint_updater::{Manifest, OperatorKey};
 use serde_json::{json, Value};
+use support::http::Reply;
 use support::{digest, fixture, Daemon, Workspace, MINTCTL};
 
-/// One HTTP answer, whatever its body.
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "HTTP {} body is not JSON ({e}): {}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    /// The JSON part and the binary part of a binary-extension answer.
-    fn split(&self) -> (Value, &[u8]) {
-        let n: usize = self
-            .header("inference-header-content-length")
-            .expect("Inference-Header-Content-Length")
-            .parse()
-            .unwrap();
-        (
-            serde_json::from_slice(&self.body[..n]).unwrap(),
-            &self.body[n..],
-        )
-    }
-
-    /// Asserts an error answer: status, `reason` and a message containing `part`.
-    fn refused(&self, status: u16, reason: &str, part: &str) -> String {
-        let body = self.json();
-        assert_eq!(self.status, status, "{body}");
-        assert_eq!(body["reason"], reason, "{body}");
-        let message = body["error"].as_str().expect("error message").to_owned();
-        assert!(message.contains(part), "{part:?} not in {message:?}");
-        message
-    }
-}
-
-/// `POST path` over the socket with `headers` and `body`, written by hand (binary bodies,
-/// lying headers, chunked uploads). A daemon that answers before reading the whole body is
-/// fine: its answer is read anyway.
+/// `POST path` over the socket with `headers` and `body`.
 fn post(socket: &Path, path: &str, headers: &[(&str, String)], body: &[u8]) -> Reply {
-    let mut head = format!("POST {path} HTTP/1.1\r\nHost: mintd\r\nConnection: close\r\n");
-    if !headers
-        .iter()
-        .any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding"))
-    {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    let mut stream = UnixStream::connect(socket).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    stream
-        .set_write_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let _ = stream
-        .write_all(head.as_bytes())
-        .and_then(|()| stream.write_all(body));
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP answer: {:?}", String::from_utf8_lossy(&raw)));
-    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: raw[end + 4..].to_vec(),
-    }
+    support::http::unix(socket, "POST", path, headers, body)
 }
 
 /// A v2 JSON request.

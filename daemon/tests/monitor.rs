@@ -9,56 +9,21 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{digest, Daemon, Workspace};
-
-/// One exchange over the socket: status, content type, body.
-fn exchange(socket: &Path, method: &str, path: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
-    let mut stream = UnixStream::connect(socket).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: mintd\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    // A daemon may answer (404, 413) and close before reading the body.
-    let _ = stream
-        .write_all(head.as_bytes())
-        .and_then(|()| stream.write_all(body));
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("an HTTP answer");
-    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    let content_type = head
-        .split("\r\n")
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-        .map(|(_, v)| v.trim().to_owned())
-        .unwrap_or_default();
-    (status, content_type, raw[end + 4..].to_vec())
-}
+use support::{digest, http, Daemon, Workspace};
 
 /// `GET /metrics`, parsed into `series{labels} -> value`.
 fn metrics(d: &Daemon) -> BTreeMap<String, f64> {
-    let (status, content_type, body) = exchange(&d.socket, "GET", "/metrics", b"");
-    assert_eq!(status, 200);
-    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
-    let text = String::from_utf8(body).expect("UTF-8 exposition");
+    let reply = http::unix(&d.socket, "GET", "/metrics", &[], b"");
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = String::from_utf8(reply.body).expect("UTF-8 exposition");
     let mut out = BTreeMap::new();
     for line in text.lines() {
         if line.starts_with('#') || line.is_empty() {
@@ -86,17 +51,18 @@ fn infer_row(d: &Daemon, row: &[f64]) -> (u16, Value) {
     let request =
         json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data": row}]});
     loop {
-        let (status, _, body) = exchange(
+        let reply = http::unix(
             &d.socket,
             "POST",
             "/v2/models/m/infer",
+            &[("Content-Type", "application/json".into())],
             request.to_string().as_bytes(),
         );
-        if status == 429 {
+        if reply.status == 429 {
             std::thread::sleep(Duration::from_millis(20));
             continue;
         }
-        return (status, serde_json::from_slice(&body).expect("JSON answer"));
+        return (reply.status, reply.json());
     }
 }
 
@@ -151,8 +117,8 @@ fn metrics_count_requests_rejects_latency_and_drift_with_model_labels() {
     // One refused request of each kind the series must separate.
     let (status, _) = infer_row(&d, &[0.0; 15]);
     assert_eq!(status, 400);
-    let (status, _, _) = exchange(&d.socket, "POST", "/v2/models/nope/infer", b"{}");
-    assert_eq!(status, 404);
+    let reply = http::unix(&d.socket, "POST", "/v2/models/nope/infer", &[], b"{}");
+    assert_eq!(reply.status, 404);
 
     let m = metrics(&d);
     let l = format!("model=\"m\",version=\"1.0.0\",digest=\"{digest}\"");

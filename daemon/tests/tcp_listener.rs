@@ -6,45 +6,12 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::http::Reply;
 use support::{digest, fixture, Daemon, Workspace};
-
-/// One HTTP answer.
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "HTTP {} body is not JSON ({e}): {}",
-                self.status,
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    /// The error message of a refusal with `status`.
-    fn error(&self, status: u16) -> String {
-        let body = self.json();
-        assert_eq!(self.status, status, "{body}");
-        body["error"].as_str().expect("error message").to_owned()
-    }
-}
 
 /// A TCP connection to `to` from the source address `from` (port chosen by the kernel).
 fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
@@ -77,42 +44,11 @@ fn request(
     headers: &[(&str, String)],
     body: &[u8],
 ) -> Reply {
-    let mut stream = connect_from(from, to);
+    let stream = connect_from(from, to);
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP answer: {:?}", String::from_utf8_lossy(&raw)));
-    let text = String::from_utf8_lossy(&raw[..end]).into_owned();
-    let mut lines = text.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: raw[end + 4..].to_vec(),
-    }
+    support::http::exchange(stream, method, path, headers, body)
 }
 
 const LOCAL: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
