@@ -209,9 +209,25 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+/// Raw tract: the model optimised and made runnable as the engine does, and the input.
+struct Raw {
+    plan: Arc<TypedRunnableModel>,
+    input: Tensor,
+}
+
+impl Raw {
+    fn run(&self) {
+        let out = self
+            .plan
+            .run(tvec![self.input.clone().into_tvalue()])
+            .unwrap();
+        std::hint::black_box(out);
+    }
+}
+
 /// Part A for one model: (raw µs, guarded binary µs, guarded JSON µs), medians over rounds of
-/// the mean time per inference; and raw tract's per-inference latencies (for part B).
-fn in_process(dir: &Path, bundle: &Path, b: &Bench, rounds: usize) -> (f64, f64, f64, Vec<f64>) {
+/// the mean time per inference; and raw tract, for part B.
+fn in_process(dir: &Path, bundle: &Path, b: &Bench, rounds: usize) -> (f64, f64, f64, Raw) {
     let model = load_in_process(dir, bundle, b);
     let (tx, _rx) = tokio::sync::mpsc::channel(1024);
     let drift = DriftMonitor::new(mint_config::Config::default().monitor, tx);
@@ -287,15 +303,7 @@ fn in_process(dir: &Path, bundle: &Path, b: &Bench, rounds: usize) -> (f64, f64,
         g.push(time(&|| guarded(&binary, Some(header_length.as_str()))));
         j.push(time(&|| guarded(&json, None)));
     }
-    let mut latencies: Vec<f64> = (0..b.iterations.max(200))
-        .map(|_| {
-            let t = Instant::now();
-            raw();
-            us(t.elapsed())
-        })
-        .collect();
-    latencies.sort_by(f64::total_cmp);
-    (median(r), median(g), median(j), latencies)
+    (median(r), median(g), median(j), Raw { plan, input })
 }
 
 /// A keep-alive HTTP/1.1 connection, Unix or TCP.
@@ -459,21 +467,27 @@ fn open_loop(
     (all, failed)
 }
 
-/// One connection, one request at a time: latencies in µs, sorted.
-fn sequential(target: &Target, request: &[u8], count: usize) -> Vec<f64> {
+/// One connection, one request at a time, each right after one raw tract run in this
+/// process (paired, so that both see the same machine): (raw, end-to-end) latencies in µs,
+/// sorted.
+fn paired(target: &Target, request: &[u8], count: usize, raw: &Raw) -> (Vec<f64>, Vec<f64>) {
     let mut conn = target.connect();
     for _ in 0..count / 10 {
+        raw.run();
         conn.call(request);
     }
-    let mut v: Vec<f64> = (0..count)
-        .map(|_| {
-            let t = Instant::now();
-            assert_eq!(conn.call(request), 200);
-            us(t.elapsed())
-        })
-        .collect();
-    v.sort_by(f64::total_cmp);
-    v
+    let (mut r, mut e) = (Vec::with_capacity(count), Vec::with_capacity(count));
+    for _ in 0..count {
+        let t = Instant::now();
+        raw.run();
+        r.push(us(t.elapsed()));
+        let t = Instant::now();
+        assert_eq!(conn.call(request), 200);
+        e.push(us(t.elapsed()));
+    }
+    r.sort_by(f64::total_cmp);
+    e.sort_by(f64::total_cmp);
+    (r, e)
 }
 
 /// A child process killed on drop.
@@ -626,16 +640,16 @@ fn main() {
         "{:<8} {:>10} {:>14} {:>8} {:>14} {:>8}",
         "model", "raw tract", "guarded (bin)", "ratio", "guarded (json)", "ratio"
     );
-    let mut raw_latency = Vec::new();
+    let mut raws = Vec::new();
     for (b, bundle) in benches.iter().zip(&bundles) {
-        let (raw, bin, json, lat) = in_process(dir, bundle, b, rounds);
+        let (raw, bin, json, runner) = in_process(dir, bundle, b, rounds);
         println!(
             "{:<8} {raw:>10.1} {bin:>14.1} {:>7.3}x {json:>14.1} {:>7.3}x",
             b.name,
             bin / raw,
             json / raw
         );
-        raw_latency.push(lat);
+        raws.push(runner);
     }
 
     let (_mintd, socket, tcp) = start_mintd(dir);
@@ -674,40 +688,45 @@ fn main() {
     }
 
     println!(
-        "\nB. end to end over the Unix socket (µs; added = mintd minus raw tract at the same \
-         percentile)"
+        "\nB. end to end over the Unix socket, binary tensors (µs; added = mintd minus raw tract \
+         at the same percentile, raw tract run in this process right before each request)"
     );
     println!(
-        "{:<8} {:>9} {:>9} {:>10} {:>10} | {:>10} {:>9} {:>9} {:>9} {:>10} {:>7}",
+        "{:<8} {:>8} {:>8} | {:>8} {:>8} {:>9} {:>9} | {:>8} {:>8} | {:>8} {:>8} {:>9} {:>9} {:>7}",
         "model",
         "raw p50",
         "raw p99",
-        "idle p50",
-        "added p50",
-        "sat. req/s",
-        "80% rate",
+        "one p50",
+        "one p99",
+        "added50",
+        "added99",
+        "sat/s",
+        "80%/s",
         "p50",
         "p99",
-        "added p50",
+        "added50",
+        "added99",
         "p99/p50"
     );
-    for (b, raw) in benches.iter().zip(&raw_latency) {
+    for (b, raw) in benches.iter().zip(&raws) {
         let request = b.http_request();
         let count = if b.iterations > 1000 { 5000 } else { 300 };
-        let idle = sequential(&unix, &request, count);
-        let (raw50, raw99) = (percentile(raw, 0.5), percentile(raw, 0.99));
-        let idle50 = percentile(&idle, 0.5);
+        let (raw_lat, idle) = paired(&unix, &request, count, raw);
+        let (raw50, raw99) = (percentile(&raw_lat, 0.5), percentile(&raw_lat, 0.99));
+        let (idle50, idle99) = (percentile(&idle, 0.5), percentile(&idle, 0.99));
         let (saturation, failed) = saturate(&unix, &request, connections, secs);
         assert!(failed == 0.0, "{} refused at saturation: {failed}", b.name);
         let rate = 0.8 * saturation;
         let (lat, failed) = open_loop(&unix, &request, rate, connections.max(16), secs);
         let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
         println!(
-            "{:<8} {raw50:>9.1} {raw99:>9.1} {idle50:>10.1} {:>10.1} | {saturation:>10.0} \
-             {rate:>9.0} {p50:>9.1} {p99:>9.1} {:>10.1} {:>7.2}{}",
+            "{:<8} {raw50:>8.1} {raw99:>8.1} | {idle50:>8.1} {idle99:>8.1} {:>9.1} {:>9.1} | \
+             {saturation:>8.0} {rate:>8.0} | {p50:>8.1} {p99:>8.1} {:>9.1} {:>9.1} {:>7.2}{}",
             b.name,
             idle50 - raw50,
+            idle99 - raw99,
             p50 - raw50,
+            p99 - raw99,
             p99 / p50,
             if failed > 0 {
                 format!("  ({failed} refused)")
