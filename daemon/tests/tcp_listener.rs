@@ -272,3 +272,19 @@ fn a_tcp_address_off_loopback_stops_the_daemon_before_it_serves() {
     );
     assert!(!config.socket.exists(), "no socket was created");
 }
+
+#[test]
+fn a_tcp_port_in_use_stops_the_daemon_before_the_socket_exists() {
+    let ws = Workspace::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port to take");
+    let addr = taken.local_addr().unwrap();
+    let mut config = ws.config();
+    config.set("api", "tcp", &format!("\"{addr}\""));
+    let (status, stderr) = config.run_to_exit(Duration::from_secs(20));
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on api.tcp = {addr}")),
+        "{stderr}"
+    );
+    assert!(!config.socket.exists(), "no socket was created");
+}

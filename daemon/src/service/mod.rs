@@ -131,7 +131,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.monitor.rehash_bytes_per_sec,
     )
     .context("cannot start the store re-verification thread")?;
-    let listener = bind(&config.paths.socket, config.api.socket_mode)?;
+    // TCP first: a port that is taken stops the start before the socket file exists.
     let tcp = match config.api.tcp {
         None => None,
         Some(addr) => {
@@ -147,6 +147,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             Some(listener)
         }
     };
+    let listener = bind(&config.paths.socket, config.api.socket_mode)?;
     state.ready.store(true, Ordering::Release);
     let serving = registry.all().len();
     tracing::info!(
