@@ -26,6 +26,13 @@ LOG
 # The same log torn in the middle of its last line (what a crash leaves).
 head -c 200 "$CORPUS/measurement_log/two-entries.log" >"$CORPUS/measurement_log/torn.log"
 
-for t in bundle_reader manifest config measurement_log; do
+mkdir -p "$CORPUS/infer_request"
+printf '%s' '{"id":"a","inputs":[{"name":"input","datatype":"FP32","shape":[1,16],"data":[0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1,-1,-0.5,0,0.5,1]},{"name":"mask","datatype":"INT64","shape":[1,4],"data":[1,0,1,0]}],"outputs":[{"name":"output","parameters":{"binary_data":true}}]}' \
+    >"$CORPUS/infer_request/json.json"
+# Binary extension: `H<json length>\n<json><16 f32 + 4 i64 little-endian>`.
+json='{"inputs":[{"name":"input","datatype":"FP32","shape":[1,16],"parameters":{"binary_data_size":64}},{"name":"mask","datatype":"INT64","shape":[1,4],"parameters":{"binary_data_size":32}}],"parameters":{"binary_data_output":true}}'
+{ printf 'H%d\n%s' "${#json}" "$json"; head -c 96 /dev/zero; } >"$CORPUS/infer_request/binary.bin"
+
+for t in bundle_reader manifest config measurement_log infer_request; do
     echo "$t: $(find "$CORPUS/$t" -type f | wc -l) file(s) in $CORPUS/$t"
 done
