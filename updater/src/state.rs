@@ -79,6 +79,13 @@ impl StateDb {
         &self.path
     }
 
+    /// The underlying redb database, for tables a caller owns (the daemon's fleet replay
+    /// cache and pending commands), so that they share this file's crash safety. Their
+    /// write transactions must commit with `Durability::Immediate` before acting.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
     /// The record of model `name`.
     pub fn get(&self, name: &str) -> Result<Option<ModelRecord>, StateError> {
         let action = format!("reading the record of model {name}");
