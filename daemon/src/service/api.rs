@@ -37,6 +37,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// The inference guard's rate limits, slots and queue.
     pub guards: Guards,
+    /// Inference counters for telemetry.
+    pub metrics: Arc<super::metrics::Metrics>,
 }
 
 type Reply = Response<Full<Bytes>>;

@@ -503,7 +503,12 @@ pub async fn handle(
     name: &str,
     version: Option<&str>,
 ) -> Reply {
+    let started = std::time::Instant::now();
     let outcome = infer(req, &state, peer, name, version).await;
+    match &outcome {
+        Ok(_) => state.metrics.ok(started.elapsed()),
+        Err(r) => state.metrics.reject(r.reason.name()),
+    }
     let counted = match &outcome {
         Ok(_) => Some(true),
         Err(r) if r.reason.is_model_fault() => Some(false),

@@ -5,6 +5,7 @@ pub mod api;
 pub mod guard;
 pub mod infer;
 pub mod memory;
+pub mod metrics;
 pub mod peer;
 pub mod probe;
 pub mod registry;
@@ -25,6 +26,7 @@ use mint_updater::updater::{Updater, UpdaterConfig};
 use mint_updater::{Limits, TrustStore};
 use tokio::net::UnixListener;
 
+use crate::fleet;
 use crate::notify::Notifier;
 use api::AppState;
 use peer::{AdminPolicy, Peer};
@@ -95,6 +97,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || open_updater(&config, registry)).await??
     };
     let updater = Arc::new(updater);
+    let metrics = Arc::new(metrics::Metrics::default());
     let state = Arc::new(AppState {
         updater: updater.clone(),
         registry: registry.clone(),
@@ -103,7 +106,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         started,
         ready: false.into(),
         guards: guard::Guards::new(&config.api),
+        metrics: metrics.clone(),
     });
+    let link = if config.mqtt.enabled {
+        Some(start_fleet_link(&config, &updater, &metrics, started)?)
+    } else {
+        None
+    };
     let listener = bind(&config.paths.socket, config.api.socket_mode)?;
     state.ready.store(true, Ordering::Release);
     let serving = registry.all().len();
@@ -181,8 +190,41 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(w) = watchdog {
         w.abort();
     }
+    if let Some(link) = link {
+        // Publishes the offline status and waits for its PUBACK (bounded): not on a worker.
+        let _ = tokio::task::spawn_blocking(move || link.stop()).await;
+    }
     let _ = fs::remove_file(&config.paths.socket);
     Ok(())
+}
+
+/// Starts the MQTT link (`[mqtt] enabled = true`).
+fn start_fleet_link(
+    config: &Config,
+    updater: &Arc<Updater>,
+    metrics: &Arc<metrics::Metrics>,
+    started: Instant,
+) -> anyhow::Result<fleet::Link> {
+    let bundle_keys = trust_store(config)?.keys().count();
+    let settings = fleet::LinkSettings::from_config(config, bundle_keys)?;
+    let (handle, inbox) = fleet::FleetHandle::new(&config.device.id);
+    // Signed commands: checked and obeyed by the dispatcher; later results (the end of an
+    // install) are queued on `cmd/result` through the handle. Resumes pending installs.
+    let dispatcher = fleet::dispatch::Dispatcher::new(
+        fleet::dispatch::DispatcherConfig::from_config(config)
+            .context("cannot load the fleet command keys (trust.fleet_keys)")?,
+        updater.clone(),
+        fleet::dispatch::Dispatcher::link_sink(handle.clone()),
+    );
+    dispatcher.set_report(Arc::new(move || handle.request_report()));
+    let parts = fleet::link::LinkParts {
+        updater: updater.clone(),
+        metrics: metrics.clone(),
+        commands: dispatcher.handler(),
+        runtime: tokio::runtime::Handle::current(),
+        started,
+    };
+    Ok(fleet::Link::start(settings, parts, inbox)?)
 }
 
 /// `STATUS=` text: what is served.
@@ -198,7 +240,9 @@ fn status_line(registry: &Registry) -> String {
     format!("serving {}", names.join(", "))
 }
 
-fn open_updater(config: &Config, registry: Arc<Registry>) -> anyhow::Result<Updater> {
+/// Opens the update core on `config` (trust, measurement log, tract health probe, serving
+/// through `registry`), as the service does; public for in-process tests.
+pub fn open_updater(config: &Config, registry: Arc<Registry>) -> anyhow::Result<Updater> {
     let trust = trust_store(config)?;
     let measurer = Arc::new(
         probe::LogMeasurer::open(

@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod broker;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -399,6 +401,14 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(10));
         }
         None
+    }
+
+    /// Kills the daemon with SIGKILL (a crash: no shutdown code runs) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Runs `mintctl --socket SOCKET ARGS...`.
