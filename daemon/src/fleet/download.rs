@@ -17,7 +17,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -81,7 +81,7 @@ pub enum Report {
         /// Bytes on disk.
         offset: u64,
     },
-    /// Bytes received so far (called often; the caller decides what to publish).
+    /// Bytes received so far (after every chunk; the caller decides what to publish).
     Progress {
         /// Bytes of the file received, partial file included.
         bytes: u64,
@@ -468,7 +468,6 @@ async fn body(
     report: &mut (dyn FnMut(Report) + Send),
 ) -> Result<(), AttemptError> {
     let mut body = response.into_body();
-    let mut last_report = Instant::now();
     loop {
         let frame = match tokio::time::timeout(options.read_timeout, body.frame()).await {
             Err(_) => {
@@ -493,14 +492,9 @@ async fn body(
             continue;
         }
         transfer.accept(data).await?;
-        if last_report.elapsed() >= Duration::from_millis(200)
-            || transfer.received == transfer.job.size
-        {
-            report(Report::Progress {
-                bytes: transfer.received,
-            });
-            last_report = Instant::now();
-        }
+        report(Report::Progress {
+            bytes: transfer.received,
+        });
     }
 }
 
