@@ -221,3 +221,86 @@ fn tls_with_client_certificates() {
     );
     drop(rogue_daemon);
 }
+
+#[test]
+fn mintctl_fleet_watch_and_events() {
+    let ws = Workspace::new();
+    let broker = Broker::start();
+    let mut config = ws.config();
+    mqtt_config(&mut config, &broker, None);
+    let daemon = config.start();
+    let bundle = ws.bundle("m", "1.0", 1).create();
+    daemon.install(&bundle).expect("install");
+    let addr = broker.addr();
+
+    // The table, from retained status and inventory.
+    let watcher = Watcher::new(&broker, "mint/v1/test-device/inventory");
+    watcher.wait_for("inventory with m", WAIT, |s| {
+        has(s, "inventory", |v| v["models"][0]["version"] == "1.0")
+    });
+    let table = ws.mintctl_ok(&["fleet", "watch", "--broker", &addr, "--duration", "2"]);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("test-device"))
+        .unwrap_or_else(|| panic!("no row for the device:\n{table}"));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&cols[..4], ["test-device", "yes", "m", "1.0"], "{table}");
+    assert!(table.starts_with("DEVICE"), "{table}");
+
+    let json = ws.mintctl_ok(&[
+        "--json",
+        "fleet",
+        "watch",
+        "--broker",
+        &addr,
+        "--duration",
+        "2",
+    ]);
+    let rows: Vec<Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last = rows
+        .iter()
+        .rev()
+        .find(|r| r["device"] == "test-device")
+        .expect("a row");
+    assert_eq!(last["online"], true);
+    assert_eq!(last["version"], "1.0");
+
+    // Events as they come: a refused install shows up once, as JSON.
+    let child = std::process::Command::new(support::MINTCTL)
+        .args([
+            "--json",
+            "fleet",
+            "events",
+            "--broker",
+            &addr,
+            "--count",
+            "1",
+            "--duration",
+            "20",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(ws.path("bad.mint"), b"garbage").unwrap();
+    assert!(daemon.install(&ws.path("bad.mint")).is_err());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let event: Value = serde_json::from_slice(&out.stdout).expect("one JSON event");
+    assert_eq!(event["type"], "install_refused", "{event}");
+    assert_eq!(event["severity"], "warning");
+
+    // No broker: one clear error.
+    let out = ws.mintctl(&[
+        "fleet",
+        "watch",
+        "--broker",
+        &format!("127.0.0.1:{}", support::broker::free_port()),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect to the MQTT broker"), "{err}");
+}
