@@ -26,7 +26,7 @@ pub struct WatchArgs {
     /// Only this device (default: every device).
     #[arg(long)]
     pub device: Option<String>,
-    /// Stop after this many seconds and print the table once more (default: run until
+    /// Collect for this many seconds, then print the table once (default: a live table until
     /// interrupted).
     #[arg(long)]
     pub duration: Option<u64>,
@@ -231,7 +231,8 @@ pub fn run(args: &WatchArgs, json: bool) -> anyhow::Result<()> {
     let deadline = args
         .duration
         .map(|s| Instant::now() + Duration::from_secs(s));
-    let tty = std::io::stdout().is_terminal();
+    // A live table on a terminal; with --duration (or into a pipe) only the final one.
+    let tty = std::io::stdout().is_terminal() && args.duration.is_none();
     let mut dirty = false;
     let mut last_draw = Instant::now() - Duration::from_secs(1);
     let mut stdout = std::io::stdout().lock();
