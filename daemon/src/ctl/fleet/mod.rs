@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod push;
+pub mod view;
 pub mod watch;
 
 use std::path::PathBuf;
