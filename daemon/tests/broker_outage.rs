@@ -138,6 +138,16 @@ fn flapping_broker_loses_no_event() {
         "{expected} events, {flaps} broker kills, {duplicates} duplicates (seed {seed}), {:?}",
         started.elapsed()
     );
+    // The link resubscribed after the last restart (its session is clean): a command gets a
+    // result.
+    let results = Watcher::new(&broker, "mint/v1/test-device/cmd/result");
+    publish_once(&broker, "mint/v1/test-device/cmd", b"not a signed command");
+    results.wait_for(
+        "a cmd/result after the restarts",
+        Duration::from_secs(20),
+        |s| !s.is_empty(),
+    );
+
     // Nothing left behind: every message acknowledged and removed, nothing dropped.
     std::thread::sleep(Duration::from_secs(1));
     let mut daemon = daemon;
@@ -150,4 +160,71 @@ fn flapping_broker_loses_no_event() {
     assert_eq!(stats.dropped, 0, "{stats:?}");
     // The offline status of the shutdown is not an outbox message; events are all gone.
     assert_eq!(stats.messages, 0, "{stats:?}");
+}
+
+/// Publishes one QoS 1 message and waits for its PUBACK.
+fn publish_once(broker: &Broker, topic: &str, payload: &[u8]) {
+    let (client, mut connection) = rumqttc::Client::new(
+        rumqttc::MqttOptions::new(
+            format!("pub-{}", std::process::id()),
+            "127.0.0.1",
+            broker.port,
+        ),
+        10,
+    );
+    client
+        .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.to_vec())
+        .unwrap();
+    for ev in connection.iter() {
+        match ev {
+            Ok(rumqttc::Event::Incoming(rumqttc::Incoming::PubAck(_))) => break,
+            Ok(_) => {}
+            Err(e) => panic!("publish to {topic}: {e}"),
+        }
+    }
+    let _ = client.disconnect();
+}
+
+/// Events recorded while the broker is down survive a SIGKILL of mintd (they are in the
+/// journal or the outbox, both durable) and are delivered by the next daemon.
+#[test]
+fn events_survive_a_daemon_crash_during_an_outage() {
+    let ws = Workspace::new();
+    let mut broker = Broker::start();
+    let watcher = Watcher::new(&broker, "mint/v1/test-device/events");
+    let mut config = ws.config();
+    mqtt_config(&mut config, &broker, None);
+    let mut daemon = config.start();
+    watcher.wait_for("link up", Duration::from_secs(20), |_| true);
+    broker.kill();
+    let garbage = ws.path("garbage.mint");
+    std::fs::write(&garbage, b"NOTABUNDLE").unwrap();
+    let client = daemon.client();
+    for _ in 0..200 {
+        assert!(client.post_file("/v1/install", &garbage).is_err());
+    }
+    // Let the pump move some of them into the outbox, then crash.
+    std::thread::sleep(Duration::from_millis(300));
+    let last = daemon.get("/v1/events?after=0&limit=1000")["events"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    daemon.kill();
+    broker.restart();
+    let _daemon = config.start();
+    watcher.wait_for(
+        &format!("every event up to {last}"),
+        Duration::from_secs(30),
+        |seen| {
+            let ids: std::collections::BTreeSet<u64> = seen
+                .iter()
+                .filter_map(|s| serde_json::from_slice::<Value>(&s.payload).ok())
+                .filter_map(|v| v["seq"].as_u64())
+                .collect();
+            (1..=last).all(|id| ids.contains(&id))
+        },
+    );
 }
