@@ -18,9 +18,9 @@ use tokio::net::TcpListener;
 pub struct Faults {
     /// Close connection 0 after this many body bytes.
     pub cut_first_at: Option<usize>,
-    /// Stop sending (keep the connection open, silent) after this many body bytes of every
-    /// connection until `release` is set.
-    pub stall_at: Option<usize>,
+    /// Stop sending on connection 0 (keep it open, silent) after this many body bytes, until
+    /// `release` is notified.
+    pub stall_first_at: Option<usize>,
     /// Answer 200 with the whole file even when asked for a range.
     pub ignore_range: bool,
     /// Append this many bytes beyond the file (a hostile or wrong server).
@@ -226,7 +226,7 @@ impl Conn {
                 limit = limit.min(cut);
             }
         }
-        let stall = self.faults.stall_at;
+        let mut stall = self.faults.stall_first_at.filter(|_| self.n == 0);
         let mut pos = start;
         let mut written = 0usize;
         while written < limit {
@@ -234,6 +234,7 @@ impl Conn {
                 if written >= at {
                     let _ = s.flush().await;
                     self.release.notified().await;
+                    stall = None;
                 }
             }
             let mut n = (limit - written).min(16 * 1024);

@@ -62,7 +62,10 @@ impl BrokerArgs {
         match self.broker.rsplit_once(':') {
             Some((host, port)) if !host.is_empty() && !host.ends_with(':') => {
                 let port: u16 = port.parse().with_context(|| {
-                    format!("--broker {}: the port {port:?} is not a number 1..65535", self.broker)
+                    format!(
+                        "--broker {}: the port {port:?} is not a number 1..65535",
+                        self.broker
+                    )
                 })?;
                 if port == 0 {
                     bail!("--broker {}: port 0 is not a broker port", self.broker);
@@ -88,10 +91,8 @@ pub fn connect(args: &BrokerArgs, what: &str) -> anyhow::Result<(Client, Connect
         .set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(1 << 20, 1 << 20);
     if let Some(ca) = &args.ca {
-        let connector = crate::fleet::link::tls_connector(
-            ca,
-            args.cert.as_deref().zip(args.key.as_deref()),
-        )?;
+        let connector =
+            crate::fleet::link::tls_connector(ca, args.cert.as_deref().zip(args.key.as_deref()))?;
         options.set_transport(Transport::tls_with_config(
             TlsConfiguration::NativeConnector(connector),
         ));
@@ -128,10 +129,16 @@ mod tests {
 
     #[test]
     fn broker_addresses_parse_or_say_why_not() {
-        assert_eq!(args("h:1884", false).host_port().unwrap(), ("h".into(), 1884));
+        assert_eq!(
+            args("h:1884", false).host_port().unwrap(),
+            ("h".into(), 1884)
+        );
         assert_eq!(args("h", false).host_port().unwrap(), ("h".into(), 1883));
         assert_eq!(args("h", true).host_port().unwrap(), ("h".into(), 8883));
-        assert_eq!(args("[::1]:1", false).host_port().unwrap(), ("::1".into(), 1));
+        assert_eq!(
+            args("[::1]:1", false).host_port().unwrap(),
+            ("::1".into(), 1)
+        );
         let e = args("h:x", false).host_port().unwrap_err().to_string();
         assert!(e.contains("not a number"), "{e}");
         let e = args("h:0", false).host_port().unwrap_err().to_string();
