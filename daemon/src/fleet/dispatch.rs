@@ -633,12 +633,11 @@ async fn run_install(inner: &Arc<Inner>, job: &PendingInstall) -> Value {
     let _ = recorder.await;
     crate::service::memory::trim();
 
-    let keep_part = false;
-    if !keep_part {
-        if let Err(e) = tokio::fs::remove_file(&part).await {
-            if e.kind() != io::ErrorKind::NotFound {
-                tracing::warn!(path = %part.display(), error = %e, "cannot remove a partial download");
-            }
+    // The command has finished, successfully or not: its partial file has no further use
+    // (a new command for the same bundle starts a new download).
+    if let Err(e) = tokio::fs::remove_file(&part).await {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::warn!(path = %part.display(), error = %e, "cannot remove a partial download");
         }
     }
     let result = |status: &str, reason: Option<&str>, error: Option<&str>, details: Value| {
