@@ -624,6 +624,17 @@ impl Driver {
                 break;
             }
             for (id, m) in batch {
+                if m.size() as usize + 64 > MAX_PACKET {
+                    // It would kill the connection on every attempt: a poison message.
+                    tracing::error!(
+                        id,
+                        bytes = m.size(),
+                        "outbox message larger than the MQTT packet limit dropped"
+                    );
+                    self.outbox.drop_unsendable(id)?;
+                    s.sent_upto = id;
+                    continue;
+                }
                 if s.client
                     .try_publish(m.destination, QoS::AtLeastOnce, false, m.payload)
                     .is_err()

@@ -165,6 +165,13 @@ impl Outbox {
         self.updater.state().outbox_remove(ids, false)
     }
 
+    /// Removes a message that can never be sent and counts it as dropped.
+    pub fn drop_unsendable(&self, id: u64) -> Result<(), StateError> {
+        let db = self.updater.state();
+        db.outbox_remove(&[id], true)?;
+        db.outbox_count_dropped(1)
+    }
+
     /// Counts and drops.
     pub fn stats(&self) -> OutboxStats {
         self.updater.state().outbox_stats().unwrap_or_else(|e| {
