@@ -219,6 +219,12 @@ fn tls_with_client_certificates() {
             .any(|m| m.topic.starts_with("mint/v1/rogue-device/")),
         "a device with an untrusted client certificate got through"
     );
+    // It did try, and the broker refused its certificate (and it keeps retrying).
+    let log = broker.log();
+    assert!(
+        log.matches("certificate verify failed").count() >= 2,
+        "the broker never refused the rogue certificate:\n{log}"
+    );
     drop(rogue_daemon);
 }
 
