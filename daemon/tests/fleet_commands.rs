@@ -365,13 +365,20 @@ async fn every_refusal_executes_nothing_and_is_recorded_and_answered() {
 async fn a_flood_of_garbage_is_rate_limited_and_counted() {
     let d = device(Workspace::new()).await;
     let mut answered = 0;
+    let started = std::time::Instant::now();
     for i in 0..60u32 {
         if d.send(&i.to_be_bytes()).await.is_some() {
             answered += 1;
         }
     }
+    // The bucket holds 20 and gains one per second: a slow machine earns a few more.
+    let allowed = 20 + started.elapsed().as_secs() as usize + 1;
     let events = d.events("command_refused");
-    assert!(events.len() <= 25 && events.len() >= 20, "{}", events.len());
+    assert!(
+        events.len() >= 20 && events.len() <= allowed,
+        "{} > {allowed}",
+        events.len()
+    );
     assert_eq!(answered, events.len());
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     d.send(b"more").await.expect("a token came back");
