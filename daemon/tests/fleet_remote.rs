@@ -451,3 +451,71 @@ fn nothing_stored(c: &support::Config) {
         "a store entry exists although the download never finished"
     );
 }
+
+#[test]
+fn mintctl_install_url_downloads_resumes_verifies_and_installs() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ws = Workspace::new();
+    let v1 = ws.bundle("m", "1", 1).create();
+    let v2 = ws.bundle("m", "2", 2).create();
+    let (sha1, size1) = sha256_hex(&v1);
+    let server1 = rt.block_on(FileServer::start(
+        std::fs::read(&v1).unwrap(),
+        Faults {
+            cut_first_at: Some(size1 / 2),
+            ..Faults::default()
+        },
+    ));
+    let d = ws.config().start();
+    // No digest given: the daemon learns the size from the server, resumes the cut transfer
+    // and verifies the bundle's own signatures and digests.
+    let reply = d.mintctl_json(&["install", &server1.url(false)]);
+    assert_eq!(reply["outcome"], "committed", "{reply}");
+    let digest1 = reply["model"]["digest"].as_str().unwrap().to_owned();
+    assert_eq!(serving(&d, "m").as_deref(), Some(digest1.as_str()));
+    assert_eq!(server1.requests().len(), 2);
+    assert_eq!(
+        server1.requests()[1].range.as_deref(),
+        Some(format!("bytes={}-", size1 / 2).as_str())
+    );
+
+    // A digest that is not the file's: refused, nothing installed.
+    let server2 = rt.block_on(FileServer::start(
+        std::fs::read(&v2).unwrap(),
+        Faults::default(),
+    ));
+    let (code, err) = d.mintctl_json_err(&["install", &server2.url(false), "--sha256", &sha1]);
+    assert_ne!(code, 0);
+    assert!(
+        err["causes"][0].as_str().unwrap().contains("sha256"),
+        "{err}"
+    );
+    assert_eq!(serving(&d, "m").as_deref(), Some(digest1.as_str()));
+    // A size that is not the file's: refused before a byte is installed.
+    let (_, size2) = sha256_hex(&v2);
+    let (_, err) = d.mintctl_json_err(&[
+        "install",
+        &server2.url(false),
+        "--size",
+        &(size2 - 1).to_string(),
+    ]);
+    assert!(
+        err["causes"][0].as_str().unwrap().contains("offers"),
+        "{err}"
+    );
+    // The right digest and size: installed.
+    let (sha2, _) = sha256_hex(&v2);
+    let reply = d.mintctl_json(&[
+        "install",
+        &server2.url(false),
+        "--sha256",
+        &sha2,
+        "--size",
+        &size2.to_string(),
+    ]);
+    assert_eq!(reply["model"]["version"], "2", "{reply}");
+    let left = std::fs::read_dir(d.state_dir.join("downloads"))
+        .map(|r| r.count())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "partial downloads left behind");
+}

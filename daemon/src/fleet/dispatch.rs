@@ -552,12 +552,7 @@ async fn run_install(inner: &Arc<Inner>, job: &PendingInstall) -> Value {
     let args = &job.args;
     let url = download::redact(&args.url);
     let part = download::part_path(&inner.config.downloads_dir, &args.sha256);
-    let dl = download::Job {
-        url: args.url.clone(),
-        sha256: args.sha256.clone(),
-        size: args.size,
-        part: part.clone(),
-    };
+    let dl = download::Job::signed(&args.url, &args.sha256, args.size, part.clone());
     record(
         &inner.updater,
         "download_started",
@@ -617,19 +612,15 @@ async fn run_install(inner: &Arc<Inner>, job: &PendingInstall) -> Value {
         }
     };
 
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
-    let updater = inner.updater.clone();
-    let install = tokio::task::spawn_blocking(move || {
-        let mut input = ChannelReader {
-            rx,
-            current: Bytes::new(),
-        };
-        updater.install(&mut input, &mut |_| {})
-    });
-    let downloaded = download::run(&dl, &inner.config.download, &tx, &mut on_report).await;
-    drop(tx);
+    let (downloaded, installed) = install_from_url(
+        inner.updater.clone(),
+        &dl,
+        &inner.config.download,
+        &mut on_report,
+        false,
+    )
+    .await;
     drop(on_report);
-    let installed = install.await;
     let _ = recorder.await;
     crate::service::memory::trim();
 
@@ -733,6 +724,40 @@ fn error_chain(e: &UpdateError) -> String {
         source = s.source();
     }
     text
+}
+
+/// What [`install_from_url`] ends with: the download's outcome and the install's.
+pub type UrlInstall = (
+    Result<(), download::DownloadError>,
+    Result<Result<InstallOutcome, UpdateError>, tokio::task::JoinError>,
+);
+
+/// Downloads `job` while `updater` verifies and installs the stream (waiting for an install
+/// in progress, or refusing as busy with `try_install`). Both outcomes are returned: when
+/// the install refused the bundle the download reports `Abandoned`; when the download failed
+/// the install fails on the error it was handed. The partial file is left to the caller.
+pub async fn install_from_url(
+    updater: Arc<Updater>,
+    job: &download::Job,
+    options: &download::Options,
+    report: &mut (dyn FnMut(Report) + Send),
+    try_install: bool,
+) -> UrlInstall {
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
+    let install = tokio::task::spawn_blocking(move || {
+        let mut input = ChannelReader {
+            rx,
+            current: Bytes::new(),
+        };
+        if try_install {
+            updater.try_install(&mut input, &mut |_| {})
+        } else {
+            updater.install(&mut input, &mut |_| {})
+        }
+    });
+    let downloaded = download::run(job, options, &tx, report).await;
+    drop(tx);
+    (downloaded, install.await)
 }
 
 /// The blocking side of the download channel, read by the verifier.

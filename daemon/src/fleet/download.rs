@@ -38,12 +38,30 @@ const CHUNK: usize = 64 * 1024;
 pub struct Job {
     /// `http://` or `https://` URL.
     pub url: String,
-    /// Expected SHA-256 of the whole file (lowercase hex).
-    pub sha256: String,
-    /// Exact size of the file; more is refused.
-    pub size: u64,
+    /// Expected SHA-256 of the whole file (lowercase hex). Always given by a signed command;
+    /// an administrator's local `mintctl install URL` may leave it out (the bundle's own
+    /// signature and file digests are checked by the verifier in any case).
+    pub sha256: Option<String>,
+    /// Exact size of the file; more is refused. When left out (local installs only) the
+    /// server's `Content-Length` is used, which must then be at most `max_size`.
+    pub size: Option<u64>,
+    /// Upper bound when `size` is not given (`limits.max_bundle_bytes`).
+    pub max_size: u64,
     /// The partial file (kept across restarts until the command finished).
     pub part: PathBuf,
+}
+
+impl Job {
+    /// A download bound by a signed digest and size.
+    pub fn signed(url: &str, sha256: &str, size: u64, part: PathBuf) -> Job {
+        Job {
+            url: url.to_owned(),
+            sha256: Some(sha256.to_owned()),
+            size: Some(size),
+            max_size: size,
+            part,
+        }
+    }
 }
 
 /// Timeouts and retries.
@@ -108,8 +126,11 @@ pub enum DownloadError {
         /// What is wrong.
         reason: String,
     },
-    /// The server offers a file of another size than the signed one.
-    #[error("the server offers {offered} bytes but the command signed {signed}")]
+    /// The server offers a file of another size than the signed one (or more than the
+    /// bound when no size was given).
+    #[error(
+        "the server offers {offered} bytes, not the expected {signed} (signed size, or the bound)"
+    )]
     SizeMismatch {
         /// What the server said.
         offered: u64,
@@ -117,13 +138,13 @@ pub enum DownloadError {
         signed: u64,
     },
     /// The server sent more bytes than the signed size.
-    #[error("the server sent more than the signed {signed} bytes")]
+    #[error("the server sent more than the expected {signed} bytes")]
     TooLarge {
         /// The signed size.
         signed: u64,
     },
     /// The whole file's SHA-256 is not the signed one.
-    #[error("sha256 of the downloaded file is {actual}, the command signed {expected}")]
+    #[error("sha256 of the downloaded file is {actual}, not the expected (signed) {expected}")]
     Digest {
         /// Signed digest.
         expected: String,
@@ -147,6 +168,9 @@ pub enum DownloadError {
         /// The last failure.
         last: String,
     },
+    /// Without a given size, the server did not say how large the file is.
+    #[error("the server sent no Content-Length; give the bundle's size")]
+    UnknownSize,
     /// The verifier stopped reading (it refused the bundle or the install ended).
     #[error("the verifier stopped reading")]
     Abandoned,
@@ -192,6 +216,8 @@ impl AttemptError {
 /// The state of a running download: file, digest so far, where the verifier is.
 struct Transfer<'a> {
     job: &'a Job,
+    /// The size: given, or learned from the server.
+    size: Option<u64>,
     file: tokio::fs::File,
     hasher: Sha256,
     received: u64,
@@ -201,10 +227,10 @@ struct Transfer<'a> {
 impl Transfer<'_> {
     /// Appends bytes of the file at `received`: to disk, to the digest, to the verifier.
     async fn accept(&mut self, data: Bytes) -> Result<(), AttemptError> {
-        let room = self.job.size - self.received;
-        if data.len() as u64 > room {
+        let bound = self.bound();
+        if data.len() as u64 > bound - self.received {
             return Err(AttemptError::fatal(DownloadError::TooLarge {
-                signed: self.job.size,
+                signed: bound,
             }));
         }
         self.file
@@ -217,6 +243,39 @@ impl Transfer<'_> {
             .send(Ok(data))
             .await
             .map_err(|_| AttemptError::fatal(DownloadError::Abandoned))
+    }
+
+    /// The most bytes the file may have.
+    fn bound(&self) -> u64 {
+        self.size.unwrap_or(self.job.max_size)
+    }
+
+    fn complete(&self) -> bool {
+        self.size.is_some_and(|s| self.received == s)
+    }
+
+    /// Checks a size the server announced against the given one (or the bound), and learns
+    /// it when none was given.
+    fn announced(&mut self, offered: u64) -> Result<(), AttemptError> {
+        match self.size {
+            Some(signed) if offered != signed => {
+                Err(AttemptError::fatal(DownloadError::SizeMismatch {
+                    offered,
+                    signed,
+                }))
+            }
+            Some(_) => Ok(()),
+            None if offered > self.job.max_size || offered < self.received => {
+                Err(AttemptError::fatal(DownloadError::SizeMismatch {
+                    offered,
+                    signed: self.job.max_size,
+                }))
+            }
+            None => {
+                self.size = Some(offered);
+                Ok(())
+            }
+        }
     }
 
     fn file_error(&self, source: io::Error) -> DownloadError {
@@ -260,15 +319,16 @@ async fn run_inner(
         });
     }
     let mut failures = 0u32;
-    while transfer.received < job.size {
+    while !transfer.complete() {
         let before = transfer.received;
         let outcome = fetch(&mut transfer, options, &tls, report).await;
         match outcome {
-            Ok(()) if transfer.received == job.size => break,
+            Ok(()) if transfer.complete() => break,
             Ok(()) => {
                 let e = AttemptError::retry(format!(
                     "connection closed after {} of {} bytes",
-                    transfer.received, job.size
+                    transfer.received,
+                    transfer.size.map_or("?".to_owned(), |s| s.to_string())
                 ));
                 failures = next_failure(failures, before, &transfer, e, options, report).await?;
             }
@@ -284,13 +344,13 @@ async fn run_inner(
         .await
         .map_err(|e| transfer.file_error(e))?;
     let actual = hex::encode(transfer.hasher.finalize());
-    if actual != job.sha256 {
-        return Err(DownloadError::Digest {
-            expected: job.sha256.clone(),
+    match &job.sha256 {
+        Some(expected) if *expected != actual => Err(DownloadError::Digest {
+            expected: expected.clone(),
             actual,
-        });
+        }),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Counts a failed attempt (reset by progress), waits, or gives up.
@@ -350,7 +410,7 @@ async fn open_part<'a>(
         .await
         .map_err(file_error)?;
     let on_disk = file.metadata().await.map_err(file_error)?.len();
-    if on_disk > job.size {
+    if on_disk > job.size.unwrap_or(job.max_size) {
         // Not a prefix of this file: start again.
         file.set_len(0).await.map_err(file_error)?;
     }
@@ -375,6 +435,7 @@ async fn open_part<'a>(
     }
     Ok(Transfer {
         job,
+        size: job.size,
         file,
         hasher,
         received,
@@ -415,13 +476,12 @@ async fn fetch(
         }
         let skip = match status {
             StatusCode::OK => {
-                if let Some(len) = content_length(&response) {
-                    if len != transfer.job.size {
-                        return Err(AttemptError::fatal(DownloadError::SizeMismatch {
-                            offered: len,
-                            signed: transfer.job.size,
-                        }));
+                match content_length(&response) {
+                    Some(len) => transfer.announced(len)?,
+                    None if transfer.size.is_none() => {
+                        return Err(AttemptError::fatal(DownloadError::UnknownSize))
                     }
+                    None => {}
                 }
                 transfer.received
             }
@@ -429,13 +489,12 @@ async fn fetch(
                 let (start, total) = content_range(&response).ok_or_else(|| {
                     AttemptError::retry("206 without a usable Content-Range".to_owned())
                 })?;
-                if let Some(total) = total {
-                    if total != transfer.job.size {
-                        return Err(AttemptError::fatal(DownloadError::SizeMismatch {
-                            offered: total,
-                            signed: transfer.job.size,
-                        }));
+                match total {
+                    Some(total) => transfer.announced(total)?,
+                    None if transfer.size.is_none() => {
+                        return Err(AttemptError::fatal(DownloadError::UnknownSize))
                     }
+                    None => {}
                 }
                 if start != transfer.received {
                     return Err(AttemptError::retry(format!(
