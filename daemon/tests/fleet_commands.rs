@@ -667,3 +667,66 @@ async fn wrong_digest_or_too_many_bytes_installs_nothing() {
     assert!(d.events("command_failed").len() >= 3);
     assert!(d.events("committed").is_empty());
 }
+
+/// The downloader alone, into a channel drained like the verifier drains it.
+async fn fetch(job: &download::Job) -> (Result<(), download::DownloadError>, Vec<u8>) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(8);
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while let Some(item) = rx.recv().await {
+            match item {
+                Ok(b) => got.extend_from_slice(&b),
+                Err(_) => break,
+            }
+        }
+        got
+    });
+    let options = download::Options {
+        retry_base: Duration::from_millis(50),
+        max_failures: 2,
+        ..download::Options::default()
+    };
+    let result = download::run(job, &options, &tx, &mut |_| {}).await;
+    drop(tx);
+    (result, reader.await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_without_length_needs_a_given_size_and_never_exceeds_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let server = FileServer::start(
+        body.clone(),
+        Faults {
+            no_length: true,
+            ..Faults::default()
+        },
+    )
+    .await;
+    let job = |size: Option<u64>, max: u64, name: &str| download::Job {
+        url: server.url(false),
+        sha256: None,
+        size,
+        max_size: max,
+        part: dir.path().join(name),
+    };
+    // No size given and none announced: refused before a byte is kept.
+    let (r, got) = fetch(&job(None, 1 << 20, "a.part")).await;
+    assert!(
+        matches!(r, Err(download::DownloadError::UnknownSize)),
+        "{r:?}"
+    );
+    assert!(got.is_empty());
+    // The size given: read to the end of the body.
+    let (r, got) = fetch(&job(Some(body.len() as u64), 1 << 20, "b.part")).await;
+    r.unwrap();
+    assert_eq!(got, body);
+    // A given size smaller than what the server sends: never more than the size is read.
+    let (r, got) = fetch(&job(Some(1000), 1000, "c.part")).await;
+    assert!(
+        matches!(r, Err(download::DownloadError::TooLarge { signed: 1000 })),
+        "{r:?}"
+    );
+    assert!(got.len() <= 1000);
+    assert!(std::fs::metadata(dir.path().join("c.part")).unwrap().len() <= 1000);
+}

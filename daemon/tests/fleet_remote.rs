@@ -519,3 +519,32 @@ fn mintctl_install_url_downloads_resumes_verifies_and_installs() {
         .unwrap_or(0);
     assert_eq!(left, 0, "partial downloads left behind");
 }
+
+#[test]
+fn https_downloads_trust_the_system_store_and_ssl_cert_file() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ws = Workspace::new();
+    let bundle = ws.bundle("m", "1", 1).create();
+    let certs = broker::Certs::generate(&ws.path("certs"));
+    let server = rt.block_on(FileServer::start_tls(
+        std::fs::read(&bundle).unwrap(),
+        Faults::default(),
+        &std::fs::read(certs.path("server.pem")).unwrap(),
+        &std::fs::read(certs.path("server.key")).unwrap(),
+    ));
+    // A daemon that does not know the test CA refuses the server's certificate...
+    let mut c = ws.config();
+    c.env("SSL_CERT_FILE", "/nonexistent");
+    let d = c.start();
+    let (_, err) = d.mintctl_json_err(&["install", &server.url(true)]);
+    let text = err.to_string();
+    assert!(text.contains("TLS"), "{err}");
+    assert_eq!(serving(&d, "m"), None);
+    drop(d);
+    // ... and one pointed at it with SSL_CERT_FILE accepts it.
+    let mut c = ws.config();
+    c.env("SSL_CERT_FILE", certs.path("ca.pem").to_str().unwrap());
+    let d = c.start();
+    let reply = d.mintctl_json(&["install", &server.url(true)]);
+    assert_eq!(reply["outcome"], "committed", "{reply}");
+}

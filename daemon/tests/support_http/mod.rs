@@ -27,6 +27,8 @@ pub struct Faults {
     pub extra: usize,
     /// Redirect `/redirect` to the file.
     pub redirect: bool,
+    /// Send no `Content-Length` (the body ends when the connection closes).
+    pub no_length: bool,
 }
 
 /// One request as the server saw it.
@@ -215,7 +217,11 @@ impl Conn {
                 total - 1
             )
         } else {
-            format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\nConnection: close\r\n\r\n")
+            if self.faults.no_length {
+                "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_owned()
+            } else {
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\nConnection: close\r\n\r\n")
+            }
         };
         if s.write_all(head.as_bytes()).await.is_err() {
             return;
