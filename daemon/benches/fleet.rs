@@ -114,7 +114,9 @@ fn wait_count(count: &AtomicU64, n: u64) {
     }
 }
 
-/// rumqttc alone: N QoS 1 publishes, until the last PUBACK.
+/// rumqttc alone: N QoS 1 publishes, until the last PUBACK. The event loop runs in its own
+/// task (as in the link), the publisher awaits the request channel (capacity 1024, 200 in
+/// flight, as in the link).
 fn reference(rt: &tokio::runtime::Runtime, port: u16, n: u64, payload: &[u8]) -> Duration {
     let arrived = counter(port, "bench/ref");
     let payload = payload.to_vec();
@@ -122,30 +124,40 @@ fn reference(rt: &tokio::runtime::Runtime, port: u16, n: u64, payload: &[u8]) ->
         let mut options = MqttOptions::new("bench-ref", "127.0.0.1", port);
         options.set_inflight(200);
         let (client, mut eventloop) = AsyncClient::new(options, 1024);
-        loop {
-            if let Event::Incoming(Incoming::ConnAck(_)) = eventloop.poll().await.unwrap() {
-                break;
+        let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut connected = Some(connected_tx);
+            let mut done = Some(done_tx);
+            let mut acks = 0;
+            loop {
+                match eventloop.poll().await.expect("reference connection") {
+                    Event::Incoming(Incoming::ConnAck(_)) => {
+                        if let Some(c) = connected.take() {
+                            let _ = c.send(());
+                        }
+                    }
+                    Event::Incoming(Incoming::PubAck(_)) => {
+                        acks += 1;
+                        if acks == n {
+                            if let Some(d) = done.take() {
+                                let _ = d.send(Instant::now());
+                            }
+                        }
+                    }
+                    _ => {}
+                }
             }
-        }
-        let start = Instant::now();
-        let publisher = tokio::spawn(async move {
-            for _ in 0..n {
-                client
-                    .publish("bench/ref", QoS::AtLeastOnce, false, payload.clone())
-                    .await
-                    .unwrap();
-            }
-            client
         });
-        let mut acks = 0;
-        while acks < n {
-            if let Event::Incoming(Incoming::PubAck(_)) = eventloop.poll().await.unwrap() {
-                acks += 1;
-            }
+        connected_rx.await.unwrap();
+        let start = Instant::now();
+        for _ in 0..n {
+            client
+                .publish("bench/ref", QoS::AtLeastOnce, false, payload.clone())
+                .await
+                .unwrap();
         }
-        let elapsed = start.elapsed();
-        let _client = publisher.await.unwrap();
-        elapsed
+        done_rx.await.unwrap() - start
     });
     wait_count(&arrived, n);
     elapsed
