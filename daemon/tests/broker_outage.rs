@@ -228,3 +228,71 @@ fn events_survive_a_daemon_crash_during_an_outage() {
         },
     );
 }
+
+/// Beyond its bound the outbox drops its oldest messages, counts them, and says so in
+/// `status` (and `telemetry`); the newest events still arrive.
+#[test]
+fn a_full_outbox_drops_the_oldest_and_reports_it() {
+    let ws = Workspace::new();
+    let mut broker = Broker::start();
+    let watcher = Watcher::new(&broker, "mint/v1/test-device/#");
+    let mut config = ws.config();
+    mqtt_config(&mut config, &broker, None);
+    config.set("mqtt", "outbox_max_messages", "50");
+    config.set("mqtt", "telemetry_interval_secs", "3600");
+    let daemon = config.start();
+    watcher.wait_for("link up", Duration::from_secs(20), |s| {
+        s.iter().any(|m| m.topic.ends_with("/status"))
+    });
+    broker.kill();
+    let garbage = ws.path("garbage.mint");
+    std::fs::write(&garbage, b"NOTABUNDLE").unwrap();
+    let client = daemon.client();
+    for _ in 0..200 {
+        assert!(client.post_file("/v1/install", &garbage).is_err());
+    }
+    let last = daemon.get("/v1/events?after=0&limit=1000")["events"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    // Let the pump move everything into the (bounded) outbox before the broker is back.
+    std::thread::sleep(Duration::from_millis(600));
+    let before = watcher.seen().len();
+    broker.restart();
+    watcher.wait_for(
+        "a status reporting the drops, and the newest event",
+        Duration::from_secs(20),
+        |s| {
+            let fresh = &s[before.min(s.len())..];
+            let dropped = fresh.iter().any(|m| {
+                m.topic.ends_with("/status")
+                    && serde_json::from_slice::<Value>(&m.payload)
+                        .is_ok_and(|v| v["outbox_dropped"].as_u64() >= Some(150))
+            });
+            let newest = fresh.iter().any(|m| {
+                m.topic.ends_with("/events")
+                    && serde_json::from_slice::<Value>(&m.payload)
+                        .is_ok_and(|v| v["seq"].as_u64() == Some(last))
+            });
+            dropped && newest
+        },
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let resent: Vec<u64> = watcher.seen()[before..]
+        .iter()
+        .filter(|m| m.topic.ends_with("/events"))
+        .map(|m| m.json()["seq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        resent.len() <= 50,
+        "{} events from a 50-message outbox",
+        resent.len()
+    );
+    assert!(
+        resent.iter().all(|seq| *seq > last - 50),
+        "an old event survived instead of a newer one: {resent:?} (last {last})"
+    );
+}
