@@ -5,6 +5,9 @@
 #   manifest        the manifests of those bundles (CBOR)
 #   config          config/mintd.toml
 #   measurement_log a small well-formed measurement log
+#   fleet_command   signed-command payloads (install, rollback, report) for the target to sign
+#   fleet_view      broker messages as `mintctl fleet watch` gets them (topic NUL payload,
+#                   messages separated by 0xff)
 # Idempotent; libFuzzer adds its own finds to the same directories.
 set -euo pipefail
 
@@ -33,6 +36,24 @@ printf '%s' '{"id":"a","inputs":[{"name":"input","datatype":"FP32","shape":[1,16
 json='{"inputs":[{"name":"input","datatype":"FP32","shape":[1,16],"parameters":{"binary_data_size":64}},{"name":"mask","datatype":"INT64","shape":[1,4],"parameters":{"binary_data_size":32}}],"parameters":{"binary_data_output":true}}'
 { printf 'H%d\n%s' "${#json}" "$json"; head -c 96 /dev/zero; } >"$CORPUS/infer_request/binary.bin"
 
-for t in bundle_reader manifest config measurement_log infer_request; do
+# fleet_command: first byte 1 = a JSON payload that the target signs with its trusted key, so
+# mutations reach the checks behind the signature (0 = raw envelope, 2 = CBOR payload).
+mkdir -p "$CORPUS/fleet_command"
+sha=$(printf 'bundle' | sha256sum | cut -d' ' -f1)
+printf '\001{"v":1,"command":"install","args":{"url":"https://h.example:8443/m-2.mint?t=1","sha256":"%s","size":18056},"nonce":"0123456789abcdef0123","issued_at":1790000000,"expires_at":1790000600,"target":"dev-1"}' "$sha" >"$CORPUS/fleet_command/install.json"
+printf '\001{"v":1,"command":"rollback","args":{"name":"m"},"nonce":"0123456789abcdef0124","issued_at":1790000000,"expires_at":1790000600,"target":["class:cam","arch:aarch64","device:dev-2"]}' >"$CORPUS/fleet_command/rollback.json"
+printf '\001{"v":1,"command":"report","nonce":"0123456789abcdef0125","issued_at":1790000000,"expires_at":1790000600,"target":"*"}' >"$CORPUS/fleet_command/report.json"
+
+# fleet_view: a status, an inventory, an event and a telemetry message of one device.
+mkdir -p "$CORPUS/fleet_view"
+{
+  printf 'mint/v1/d/status\000{"state":"online","device":"d","model":"m","model_version":"1","health":"ok","outbox_dropped":0,"unix_ms":1}\377'
+  printf 'mint/v1/d/inventory\000{"models":[{"name":"m","version":"1","sequence":1,"state":"committed"}]}\377'
+  printf 'mint/v1/d/events\000{"id":"d:1","seq":1,"type":"rolled_back","severity":"warning"}\377'
+  printf 'mint/v1/d/telemetry\000{"outbox_dropped":2,"requests_total":5}\377'
+  printf 'mint/v1/d/status\000{"state":"offline","reason":"connection lost","unix_ms":2}'
+} >"$CORPUS/fleet_view/device.bin"
+
+for t in bundle_reader manifest config measurement_log infer_request fleet_command fleet_view; do
     echo "$t: $(find "$CORPUS/$t" -type f | wc -l) file(s) in $CORPUS/$t"
 done

@@ -2,7 +2,7 @@
 # Installs the Debian packages the build, the tests and the demo need, only if missing.
 # Works on a fresh Debian 12 with just the Rust toolchain; needs root (or sudo) to install.
 set -euo pipefail
-packages=(gcc libc6-dev pkg-config zstd openssl coreutils systemd util-linux)
+packages=(gcc libc6-dev pkg-config zstd openssl libssl-dev coreutils systemd util-linux mosquitto mosquitto-clients)
 # A python3 that can make venvs (pyenv or Debian's) is enough; otherwise Debian's.
 if ! (command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null); then
   packages+=(python3 python3-venv python3-pip)

@@ -21,7 +21,7 @@ FUZZ="$REPO/fuzz"
 SECONDS_EACH="${FUZZ_SECONDS:-60}"
 SANITIZER="${FUZZ_SANITIZER:-address}"
 JOBS="${FUZZ_JOBS:-1}"
-ALL_TARGETS=(bundle_reader manifest config measurement_log infer_request)
+ALL_TARGETS=(bundle_reader manifest config measurement_log infer_request fleet_view fleet_command)
 if [ "$#" -gt 0 ]; then TARGETS=("$@"); else TARGETS=("${ALL_TARGETS[@]}"); fi
 
 export RUSTC_BOOTSTRAP=1

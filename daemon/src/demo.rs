@@ -103,8 +103,10 @@ impl Tour {
     }
 }
 
-/// Runs the tour in a fresh temporary directory (kept if `keep` names one).
-pub fn run(keep: Option<&Path>) -> anyhow::Result<()> {
+/// Runs the tour in a fresh temporary directory (kept if `keep` names one). The device
+/// reports to the MQTT broker `broker` (HOST:PORT), or, without one, to a mosquitto the tour
+/// starts on a free loopback port (skipped, and said so, where mosquitto is not installed).
+pub fn run(keep: Option<&Path>, broker: Option<&str>) -> anyhow::Result<()> {
     let tmp = tempfile::Builder::new().prefix("mintd-demo-").tempdir()?;
     let dir = match keep {
         Some(d) => {
@@ -114,7 +116,7 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<()> {
         None => tmp.path().to_owned(),
     };
     let previous = std::env::current_dir().ok();
-    let result = tour(&dir);
+    let result = tour(&dir, broker);
     if let Some(p) = previous {
         let _ = std::env::set_current_dir(p);
     }
@@ -130,7 +132,7 @@ pub fn run(keep: Option<&Path>) -> anyhow::Result<()> {
     result
 }
 
-fn tour(dir: &Path) -> anyhow::Result<()> {
+fn tour(dir: &Path, broker: Option<&str>) -> anyhow::Result<()> {
     println!("mintd demo: the life of a signed model bundle");
     println!("working in {}", dir.display());
     fs::write(dir.join("mlp.onnx"), EXAMPLE_MODEL)?;
@@ -214,12 +216,12 @@ fn tour(dir: &Path) -> anyhow::Result<()> {
         "target",
     )?;
 
-    device_tour(&mut t)
+    device_tour(&mut t, broker)
 }
 
 /// The device side: the real `mintd` service installs v1, then a v2 whose golden case fails
 /// on the device, and rolls back to v1 by itself.
-fn device_tour(t: &mut Tour) -> anyhow::Result<()> {
+fn device_tour(t: &mut Tour, broker: Option<&str>) -> anyhow::Result<()> {
     let dir = t.dir.clone();
     t.say("Build v2 of the model, deliberately broken: one golden expectation is wrong");
     t.expect_ok("bundle verify mlp-1.0.0.mint --trust operator.pub --unpack v1-files")?;
@@ -235,8 +237,37 @@ fn device_tour(t: &mut Tour) -> anyhow::Result<()> {
          --no-golden-check --out mlp-2.0.0.mint",
     )?;
 
+    t.say("Start an MQTT broker for the fleet link");
+    let local_broker = match broker {
+        Some(addr) => {
+            println!("  (using the broker at {addr})");
+            None
+        }
+        None => match Broker::start(&dir)? {
+            Some(b) => {
+                println!(
+                    "  mosquitto on 127.0.0.1:{} (a child process; the demo's embedded broker)",
+                    b.port
+                );
+                Some(b)
+            }
+            None => {
+                println!(
+                    "  (mosquitto is not installed: the fleet part is skipped; scripts/deps.sh \
+                     installs it)"
+                );
+                None
+            }
+        },
+    };
+    let broker_addr = broker.map(str::to_owned).or_else(|| {
+        local_broker
+            .as_ref()
+            .map(|b| format!("127.0.0.1:{}", b.port))
+    });
+
     t.say("Start the mintd service (a child process) trusting the operator's key");
-    let daemon = Daemon::start(&dir)?;
+    let daemon = Daemon::start(&dir, broker_addr.as_deref())?;
     println!(
         "  mintd pid {} ready on {} after {} ms",
         daemon.child.id(),
@@ -282,8 +313,101 @@ fn device_tour(t: &mut Tour) -> anyhow::Result<()> {
 
     t.say("The timeline, as the daemon recorded it");
     t.expect_ok(&format!("{socket} events --limit 50"))?;
+
+    if let Some(addr) = broker_addr {
+        fleet_view(t, &addr)?;
+    }
     drop(daemon);
+    drop(local_broker);
     Ok(())
+}
+
+/// What the fleet sees of the device: one telemetry message, then `mintctl fleet watch`.
+fn fleet_view(t: &mut Tour, addr: &str) -> anyhow::Result<()> {
+    t.say("Telemetry: the device reports over MQTT (flat JSON every 2 s, through the outbox)");
+    let args = ctl::fleet::BrokerArgs {
+        broker: addr.to_owned(),
+        ca: None,
+        cert: None,
+        key: None,
+        client_id: None,
+    };
+    let (client, mut connection) = ctl::fleet::connect(&args, "demo")?;
+    client.subscribe("mint/v1/demo-device/telemetry", rumqttc::QoS::AtLeastOnce)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let telemetry = loop {
+        if Instant::now() > deadline {
+            bail!("no telemetry from the device within 10 s");
+        }
+        if let Ok(Ok(rumqttc::Event::Incoming(rumqttc::Incoming::Publish(p)))) =
+            connection.recv_timeout(Duration::from_millis(500))
+        {
+            break serde_json::from_slice::<serde_json::Value>(&p.payload)?;
+        }
+    };
+    let _ = client.disconnect();
+    println!("  mint/v1/demo-device/telemetry:");
+    println!("  {}", serde_json::to_string(&telemetry)?);
+
+    t.say("The fleet view: what an operator's `mintctl fleet watch` shows");
+    t.expect_ok(&format!("fleet watch --broker {addr} --duration 2"))?;
+    Ok(())
+}
+
+/// The demo's broker: mosquitto as a child process on a free loopback port, stopped on drop.
+struct Broker {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Broker {
+    /// `None` when mosquitto is not installed.
+    fn start(dir: &Path) -> anyhow::Result<Option<Broker>> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let conf = dir.join("mosquitto.conf");
+        fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest file {}\n",
+                dir.join("mosquitto.log").display()
+            ),
+        )?;
+        let child = match std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).context("cannot start mosquitto"),
+        };
+        let mut broker = Broker { child, port };
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = broker.child.try_wait()? {
+                bail!(
+                    "mosquitto exited ({status}); see {}",
+                    dir.join("mosquitto.log").display()
+                );
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("mosquitto did not listen on {port} within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(Some(broker))
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A `mintd` child process on a temporary config, stopped on drop.
@@ -294,17 +418,31 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(dir: &Path) -> anyhow::Result<Self> {
+    fn start(dir: &Path, broker: Option<&str>) -> anyhow::Result<Self> {
         let trust = dir.join("trust.d");
         fs::create_dir_all(&trust)?;
         fs::copy(dir.join("operator.pub"), trust.join("operator.pub"))?;
         let socket = dir.join("mintd.sock");
-        let config = format!(
+        let mut config = format!(
             "[device]\nid = \"demo-device\"\nclass = \"generic\"\n\n[paths]\nstate_dir = {:?}\nsocket = {:?}\n\n[trust]\nkeys_dir = {:?}\n",
             dir.join("state"),
             socket,
             trust
         );
+        if let Some(addr) = broker {
+            let (host, port) = ctl::fleet::BrokerArgs {
+                broker: addr.to_owned(),
+                ca: None,
+                cert: None,
+                key: None,
+                client_id: None,
+            }
+            .host_port()?;
+            config.push_str(&format!(
+                "\n[mqtt]\nenabled = true\nhost = {host:?}\nport = {port}\nkeepalive_secs = 5\n\
+                 telemetry_interval_secs = 2\n"
+            ));
+        }
         fs::write(dir.join("mintd.toml"), config)?;
         let log = fs::File::create(dir.join("mintd.log"))?;
         let start = Instant::now();

@@ -7,6 +7,7 @@
 //! - [`tensor`]: Open Inference Protocol v2 tensors.
 //! - [`golden`]: golden cases and reference statistics for the health check and drift.
 //! - [`ctl`]: the `mintctl` commands; [`client`]: their HTTP client over the socket.
+//! - [`fleet`]: the MQTT fleet link (status, inventory, telemetry, events, durable outbox).
 //! - [`service`]: the `mintd` service (API, registry of loaded models, health probe).
 //! - [`notify`]: systemd notifications.
 //! - [`demo`]: the guided tour.
@@ -19,6 +20,7 @@ pub mod ctl;
 pub mod demo;
 pub mod engine;
 pub mod exit;
+pub mod fleet;
 pub mod golden;
 pub mod notify;
 pub mod service;

@@ -24,6 +24,9 @@ enum Command {
         /// Keep the tour's files in this directory.
         #[arg(long)]
         keep: Option<PathBuf>,
+        /// Report to this MQTT broker (HOST:PORT) instead of a mosquitto the tour starts.
+        #[arg(long)]
+        broker: Option<String>,
     },
 }
 
@@ -38,7 +41,7 @@ fn main() {
         )
         .init();
     let result = match &args.command {
-        Some(Command::Demo { keep }) => demo::run(keep.as_deref()),
+        Some(Command::Demo { keep, broker }) => demo::run(keep.as_deref(), broker.as_deref()),
         None => serve(&args.config),
     };
     if let Err(err) = result {

@@ -16,6 +16,13 @@ pub struct InstallArgs {
     /// Send only the path: the daemon opens the file itself (it must be readable by mintd).
     #[arg(long)]
     pub by_path: bool,
+    /// With a URL: the SHA-256 of the bundle file, checked by the daemon.
+    #[arg(long)]
+    pub sha256: Option<String>,
+    /// With a URL: the size of the bundle file in bytes (default: the server's
+    /// Content-Length, at most limits.max_bundle_bytes).
+    #[arg(long)]
+    pub size: Option<u64>,
 }
 
 /// `mintctl events`.
@@ -31,15 +38,18 @@ pub struct EventsArgs {
 
 /// Installs a bundle through the daemon.
 pub fn install(client: &Client, args: &InstallArgs, json: bool) -> anyhow::Result<()> {
-    if args.bundle.starts_with("http://") || args.bundle.starts_with("https://") {
-        bail!(
-            "installing from a URL ({}) needs the download support of the fleet milestone; \
-             download the bundle and pass the file",
-            args.bundle
-        );
+    let is_url = args.bundle.starts_with("http://") || args.bundle.starts_with("https://");
+    if !is_url && (args.sha256.is_some() || args.size.is_some()) {
+        bail!("--sha256 and --size go with a URL; a local bundle is read whole by the daemon");
     }
     let path = Path::new(&args.bundle);
-    let reply = if args.by_path {
+    let reply = if is_url {
+        // The daemon downloads (resuming after cuts) while it verifies.
+        client.post_json(
+            "/v1/install",
+            &json!({"url": args.bundle, "sha256": args.sha256.as_ref().map(|s| s.to_ascii_lowercase()), "size": args.size}),
+        )
+    } else if args.by_path {
         let absolute = path
             .canonicalize()
             .with_context(|| format!("cannot find bundle {}", path.display()))?;

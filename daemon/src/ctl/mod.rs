@@ -4,6 +4,7 @@
 pub mod bundle;
 pub mod config_cmd;
 pub mod device;
+pub mod fleet;
 pub mod infer;
 pub mod key;
 pub mod progress;
@@ -53,6 +54,9 @@ pub enum Command {
     Events(device::EventsArgs),
     /// One inference through the daemon (Open Inference Protocol v2 JSON).
     Infer(infer::InferArgs),
+    /// The fleet over MQTT: watch devices and events, push signed commands.
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
 }
 
 /// Runs a parsed command line.
@@ -67,6 +71,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Rollback { name } => device::rollback(&client(cli), name, cli.json),
         Command::Events(args) => device::events(&client(cli), args, cli.json),
         Command::Infer(args) => infer::infer(&client(cli), args, cli.json),
+        Command::Fleet(cmd) => fleet::run(cmd, cli.json),
     }
 }
 

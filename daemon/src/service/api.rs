@@ -38,7 +38,7 @@ pub struct AppState {
     /// The inference guard's rate limits, slots and queue.
     pub guards: Guards,
     /// Inference counters and latency histograms.
-    pub metrics: super::metrics::Metrics,
+    pub metrics: Arc<super::metrics::Metrics>,
     /// Drift and request-rate watch of the served models.
     pub drift: Arc<super::drift::DriftMonitor>,
     /// Counters of the store re-verification.
@@ -208,6 +208,12 @@ async fn install(req: Request<Incoming>, state: &AppState) -> Reply {
                 )
             }
         };
+        if let Some(request) = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .filter(|v| v.get("url").is_some())
+        {
+            return install_url(&request, state).await;
+        }
         let path =
             match serde_json::from_slice::<Value>(&body)
                 .ok()
@@ -285,6 +291,83 @@ async fn install(req: Request<Incoming>, state: &AppState) -> Reply {
         Ok(Ok(outcome)) => install_reply(&outcome),
         Ok(Err(e)) => update_error(&e),
         Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("install task failed: {e}"),
+            None,
+        ),
+    }
+}
+
+/// `POST /v1/install {"url": "http(s)://…", "sha256"?: "…", "size"?: N}`: the daemon
+/// downloads the bundle (resuming after cuts, bounded by `size` or `limits.max_bundle_bytes`,
+/// checked against `sha256` when given) while it verifies and installs it.
+async fn install_url(request: &Value, state: &AppState) -> Reply {
+    use crate::fleet::{command, dispatch, download};
+    let bad = |m: String| error(StatusCode::BAD_REQUEST, &m, None);
+    let Some(url) = request["url"].as_str() else {
+        return bad("install request: url must be a string".into());
+    };
+    if let Err(e) = command::check_url(url) {
+        return bad(format!("install request: {e}"));
+    }
+    let sha256 = match &request["sha256"] {
+        Value::Null => None,
+        Value::String(s)
+            if s.len() == 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+        {
+            Some(s.clone())
+        }
+        _ => return bad("install request: sha256 must be 64 lowercase hex digits".into()),
+    };
+    let max = state.config.limits.max_bundle_bytes;
+    let size = match &request["size"] {
+        Value::Null => None,
+        v => match v.as_u64() {
+            Some(n) if n > 0 && n <= max => Some(n),
+            _ => {
+                return bad(format!(
+                    "install request: size must be 1 to {max} bytes (limits.max_bundle_bytes)"
+                ))
+            }
+        },
+    };
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let part = state
+        .config
+        .paths
+        .state_dir
+        .join(dispatch::DOWNLOADS_DIR)
+        .join(format!(
+            "local-{}-{}.part",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+    let job = download::Job {
+        url: url.to_owned(),
+        sha256,
+        size,
+        max_size: max,
+        part: part.clone(),
+    };
+    let options = download::Options {
+        max_failures: 4,
+        ..download::Options::default()
+    };
+    let (downloaded, installed) =
+        dispatch::install_from_url(state.updater.clone(), &job, &options, &mut |_| {}, true).await;
+    let _ = tokio::fs::remove_file(&part).await;
+    super::memory::trim();
+    match (downloaded, installed) {
+        (_, Ok(Ok(outcome))) => install_reply(&outcome),
+        (Err(d), Ok(Err(_))) if !matches!(d, download::DownloadError::Abandoned) => error(
+            StatusCode::BAD_GATEWAY,
+            &format!("download of {} failed: {d}", download::redact(url)),
+            None,
+        ),
+        (_, Ok(Err(e))) => update_error(&e),
+        (_, Err(e)) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             &format!("install task failed: {e}"),
             None,

@@ -6,10 +6,10 @@
 //! a model that is not served are counted under `model=""`: a client cannot create series by
 //! inventing names.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -115,26 +115,7 @@ impl ModelMetrics {
             .iter()
             .map(|b| b.load(Ordering::Relaxed))
             .collect();
-        let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let rank = (q.clamp(0.0, 1.0) * total as f64).max(1.0);
-        let mut seen = 0u64;
-        for (i, &n) in counts.iter().enumerate() {
-            if n == 0 {
-                continue;
-            }
-            if (seen + n) as f64 >= rank {
-                let low = if i == 0 { 0.0 } else { LATENCY_BUCKETS[i - 1] };
-                // Above the last bound: report the last bound (the histogram cannot say more).
-                let high = LATENCY_BUCKETS.get(i).copied().unwrap_or(low);
-                let into = (rank - seen as f64) / n as f64;
-                return Some(Duration::from_secs_f64(low + (high - low) * into));
-            }
-            seen += n;
-        }
-        None
+        quantile(&counts, q)
     }
 
     /// Successful inferences and their mean latency.
@@ -149,6 +130,26 @@ impl ModelMetrics {
 pub struct Metrics {
     models: RwLock<HashMap<(String, String), Arc<ModelMetrics>>>,
     unknown: RwLock<Option<Arc<ModelMetrics>>>,
+    /// Latency bucket totals at the previous [`Metrics::snapshot`], for per-interval
+    /// percentiles.
+    last_buckets: Mutex<Vec<u64>>,
+}
+
+/// Totals over every model for telemetry ([`Metrics::snapshot`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// Inference requests since start (of the revisions still tracked).
+    pub requests: u64,
+    /// Of which answered.
+    pub ok: u64,
+    /// Refused or failed, by reason name, since start.
+    pub rejects: BTreeMap<&'static str, u64>,
+    /// Latency percentiles (50, 90, 99) of the requests answered since the previous
+    /// snapshot, in milliseconds; `None` without any.
+    pub latency_ms: Option<[f64; 3]>,
+    /// Drift score and whether a `drift_detected` stands, by model (filled by the caller
+    /// that has the drift watch; empty from [`Metrics::snapshot`]).
+    pub drift: BTreeMap<String, (f64, bool)>,
 }
 
 /// Which revision answered (or none: the model is not served).
@@ -187,6 +188,36 @@ impl Metrics {
             out.push(u);
         }
         out.sort_by(|a, b| (&a.model, &a.version).cmp(&(&b.model, &b.version)));
+        out
+    }
+
+    /// Totals over every series, with latency percentiles of the interval since the
+    /// previous snapshot (the fleet link takes one per telemetry message).
+    pub fn snapshot(&self) -> Snapshot {
+        let mut out = Snapshot::default();
+        let mut buckets = vec![0u64; LATENCY_BUCKETS.len() + 1];
+        for m in self.all() {
+            out.requests += m.requests();
+            out.ok += m.latency_count.load(Ordering::Relaxed);
+            for (reason, n) in m.rejects() {
+                *out.rejects.entry(reason).or_default() += n;
+            }
+            for (total, b) in buckets.iter_mut().zip(&m.buckets) {
+                *total += b.load(Ordering::Relaxed);
+            }
+        }
+        let mut last = self.last_buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let interval: Vec<u64> = buckets
+            .iter()
+            .zip(last.iter().chain(std::iter::repeat(&0)))
+            .map(|(now, before)| now.saturating_sub(*before))
+            .collect();
+        *last = buckets;
+        out.latency_ms = [0.5, 0.9, 0.99]
+            .map(|q| quantile(&interval, q).map(|d| d.as_secs_f64() * 1e3))
+            .into_iter()
+            .collect::<Option<Vec<f64>>>()
+            .map(|v| [v[0], v[1], v[2]]);
         out
     }
 
@@ -530,6 +561,31 @@ fn resident_bytes() -> Option<u64> {
     Some(pages * u64::try_from(page).ok()?)
 }
 
+/// The `q` quantile (0..=1) of a histogram over [`LATENCY_BUCKETS`] (plus `+Inf`), by
+/// linear interpolation inside the bucket; `None` when it is empty.
+fn quantile(counts: &[u64], q: f64) -> Option<Duration> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = (q.clamp(0.0, 1.0) * total as f64).max(1.0);
+    let mut seen = 0u64;
+    for (i, &n) in counts.iter().enumerate() {
+        if n == 0 {
+            continue;
+        }
+        if (seen + n) as f64 >= rank {
+            let low = if i == 0 { 0.0 } else { LATENCY_BUCKETS[i - 1] };
+            // Above the last bound: report the last bound (the histogram cannot say more).
+            let high = LATENCY_BUCKETS.get(i).copied().unwrap_or(low);
+            let into = (rank - seen as f64) / n as f64;
+            return Some(Duration::from_secs_f64(low + (high - low) * into));
+        }
+        seen += n;
+    }
+    None
+}
+
 fn labels(m: &ModelMetrics) -> Vec<(&str, &str)> {
     vec![
         ("model", m.model.as_str()),
@@ -638,6 +694,35 @@ mod tests {
         }
         // `deadline` is one label value although two reasons carry it.
         assert_eq!(text.matches("reason=\"deadline\"").count(), 1);
+    }
+
+    #[test]
+    fn snapshots_total_every_model_and_take_percentiles_per_interval() {
+        let m = Metrics::default();
+        m.record(Some(S), Ok(Duration::from_micros(300)));
+        m.record(Some(S), Err(Reason::Shape));
+        m.record(None, Err(Reason::UnknownModel));
+        let first = m.snapshot();
+        assert_eq!(first.requests, 3);
+        assert_eq!(first.ok, 1);
+        assert_eq!(
+            first
+                .rejects
+                .iter()
+                .map(|(k, v)| (*k, *v))
+                .collect::<Vec<_>>(),
+            vec![("shape", 1), ("unknown_model", 1)]
+        );
+        let [p50, _, p99] = first.latency_ms.expect("one success");
+        assert!(p50 > 0.25 && p50 <= 0.5 && p99 <= 0.5, "{first:?}");
+        // Nothing answered since: no percentiles, totals unchanged.
+        let quiet = m.snapshot();
+        assert_eq!(quiet.latency_ms, None);
+        assert_eq!(quiet.requests, 3);
+        // Only the new interval counts.
+        m.record(Some(S), Ok(Duration::from_millis(40)));
+        let [p50, _, _] = m.snapshot().latency_ms.unwrap();
+        assert!(p50 > 25.0 && p50 <= 50.0, "{p50}");
     }
 
     #[test]

@@ -30,6 +30,7 @@ use mint_updater::{Limits, TrustStore};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
 
+use crate::fleet;
 use crate::notify::Notifier;
 use api::AppState;
 use peer::{AdminPolicy, Caller, Peer};
@@ -102,6 +103,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let updater = Arc::new(updater);
     let (drift_tx, mut drift_rx) = tokio::sync::mpsc::channel(drift::EVENT_QUEUE);
     let store_watch = Arc::new(tamper::StoreWatch::default());
+    let metrics = Arc::new(metrics::Metrics::default());
     let state = Arc::new(AppState {
         updater: updater.clone(),
         registry: registry.clone(),
@@ -110,7 +112,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         started,
         ready: false.into(),
         guards: guard::Guards::new(&config.api),
-        metrics: metrics::Metrics::default(),
+        metrics: metrics.clone(),
         drift: Arc::new(drift::DriftMonitor::new(config.monitor.clone(), drift_tx)),
         store_watch: store_watch.clone(),
     });
@@ -146,6 +148,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             tracing::info!(address = %local, "inference on loopback TCP (no /v1/ management there)");
             Some(listener)
         }
+    };
+    let link = if config.mqtt.enabled {
+        Some(start_fleet_link(
+            &config,
+            &updater,
+            &metrics,
+            state.drift.clone(),
+            started,
+        )?)
+    } else {
+        None
     };
     let listener = bind(&config.paths.socket, config.api.socket_mode)?;
     state.ready.store(true, Ordering::Release);
@@ -225,6 +238,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(w) = watchdog {
         w.abort();
     }
+    if let Some(link) = link {
+        // Publishes the offline status and waits for its PUBACK (bounded): not on a worker.
+        let _ = tokio::task::spawn_blocking(move || link.stop()).await;
+    }
     let _ = fs::remove_file(&config.paths.socket);
     Ok(())
 }
@@ -254,6 +271,37 @@ async fn accept_tcp(
     }
 }
 
+/// Starts the MQTT link (`[mqtt] enabled = true`).
+fn start_fleet_link(
+    config: &Config,
+    updater: &Arc<Updater>,
+    metrics: &Arc<metrics::Metrics>,
+    drift: Arc<drift::DriftMonitor>,
+    started: Instant,
+) -> anyhow::Result<fleet::Link> {
+    let bundle_keys = trust_store(config)?.keys().count();
+    let settings = fleet::LinkSettings::from_config(config, bundle_keys)?;
+    let (handle, inbox) = fleet::FleetHandle::new(&config.device.id);
+    // Signed commands: checked and obeyed by the dispatcher; later results (the end of an
+    // install) are queued on `cmd/result` through the handle. Resumes pending installs.
+    let dispatcher = fleet::dispatch::Dispatcher::new(
+        fleet::dispatch::DispatcherConfig::from_config(config)
+            .context("cannot load the fleet command keys (trust.fleet_keys)")?,
+        updater.clone(),
+        fleet::dispatch::Dispatcher::link_sink(handle.clone()),
+    );
+    dispatcher.set_report(Arc::new(move || handle.request_report()));
+    let parts = fleet::link::LinkParts {
+        updater: updater.clone(),
+        metrics: metrics.clone(),
+        drift: Some(drift),
+        commands: dispatcher.handler(),
+        runtime: tokio::runtime::Handle::current(),
+        started,
+    };
+    Ok(fleet::Link::start(settings, parts, inbox)?)
+}
+
 /// `STATUS=` text: what is served.
 fn status_line(registry: &Registry) -> String {
     let models = registry.all();
@@ -267,7 +315,9 @@ fn status_line(registry: &Registry) -> String {
     format!("serving {}", names.join(", "))
 }
 
-fn open_updater(config: &Config, registry: Arc<Registry>) -> anyhow::Result<Updater> {
+/// Opens the update core on `config` (trust, measurement log, tract health probe, serving
+/// through `registry`), as the service does; public for in-process tests.
+pub fn open_updater(config: &Config, registry: Arc<Registry>) -> anyhow::Result<Updater> {
     let trust = trust_store(config)?;
     let measurer = Arc::new(
         probe::LogMeasurer::open(

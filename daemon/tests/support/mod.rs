@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod broker;
 pub mod http;
 
 use std::collections::BTreeMap;
@@ -417,6 +418,14 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(10));
         }
         None
+    }
+
+    /// Kills the daemon with SIGKILL (a crash: no shutdown code runs) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Runs `mintctl --socket SOCKET ARGS...`.
