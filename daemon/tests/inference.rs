@@ -23,7 +23,7 @@ use mint_updater::manifest::{
 use mint_updater::{Manifest, OperatorKey};
 use serde_json::{json, Value};
 use support::http::Reply;
-use support::{digest, fixture, Daemon, Workspace, MINTCTL};
+use support::{assert_close, digest, fixture, mlp_reference_cases, Daemon, Workspace, MINTCTL};
 
 /// `POST path` over the socket with `headers` and `body`.
 fn post(socket: &Path, path: &str, headers: &[(&str, String)], body: &[u8]) -> Reply {
@@ -70,36 +70,6 @@ fn good_request() -> Value {
 /// Little-endian f32 bytes.
 fn f32_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-/// The reference cases of `mlp.onnx`: (input row, expected output row).
-fn reference_cases() -> Vec<(Vec<f64>, Vec<f64>)> {
-    let text = std::fs::read(fixture("mlp_reference.json")).unwrap();
-    let doc: Value = serde_json::from_slice(&text).unwrap();
-    let values = |v: &Value| -> Vec<f64> {
-        v["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect()
-    };
-    doc["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| (values(&c["inputs"][0]), values(&c["outputs"][0])))
-        .collect()
-}
-
-fn assert_close(actual: &[f64], expected: &[f64], what: &str) {
-    assert_eq!(actual.len(), expected.len(), "{what}: {actual:?}");
-    for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
-        assert!(
-            (a - e).abs() <= 1e-5,
-            "{what}: value #{i} is {a}, the reference says {e}"
-        );
-    }
 }
 
 fn data_f64(output: &Value) -> Vec<f64> {
@@ -153,7 +123,7 @@ fn answers_match_the_reference_outputs_of_the_verified_model() {
     let bundle = ws.bundle("m", "1.0.0", 1).create();
     let d = ws.config().start();
     install_committed(&d, &bundle);
-    let cases = reference_cases();
+    let cases = mlp_reference_cases();
     assert_eq!(cases.len(), 3);
 
     // One case per request, v2 JSON.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::http::Reply;
-use support::{digest, fixture, Daemon, Workspace};
+use support::{assert_close, digest, mlp_reference_cases, Daemon, Workspace};
 
 /// A TCP connection to `to` from the source address `from` (port chosen by the kernel).
 fn connect_from(from: Ipv4Addr, to: SocketAddr) -> TcpStream {
@@ -69,36 +69,6 @@ fn infer_json(from: Ipv4Addr, to: SocketAddr, model: &str, body: &Value) -> Repl
     )
 }
 
-/// The reference cases of `mlp.onnx`: (input row, expected output row).
-fn reference_cases() -> Vec<(Vec<f64>, Vec<f64>)> {
-    let doc: Value =
-        serde_json::from_slice(&std::fs::read(fixture("mlp_reference.json")).unwrap()).unwrap();
-    let values = |v: &Value| -> Vec<f64> {
-        v["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect()
-    };
-    doc["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| (values(&c["inputs"][0]), values(&c["outputs"][0])))
-        .collect()
-}
-
-fn assert_close(actual: &[f64], expected: &[f64], what: &str) {
-    assert_eq!(actual.len(), expected.len(), "{what}: {actual:?}");
-    for (a, e) in actual.iter().zip(expected) {
-        assert!(
-            (a - e).abs() <= 1e-5,
-            "{what}: {actual:?} vs the reference {expected:?}"
-        );
-    }
-}
-
 fn one_row(row: &[f64]) -> Value {
     json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16], "data": row}]})
 }
@@ -129,7 +99,7 @@ fn inference_over_tcp_matches_the_reference_and_management_is_refused() {
     assert_eq!(meta["digest"], model_digest.as_str(), "{meta}");
 
     // JSON: the reference outputs of the verified model.
-    for (i, (input, expected)) in reference_cases().iter().enumerate() {
+    for (i, (input, expected)) in mlp_reference_cases().iter().enumerate() {
         let reply = infer_json(LOCAL, addr, "m", &one_row(input));
         assert_eq!(
             reply.status,
@@ -148,7 +118,7 @@ fn inference_over_tcp_matches_the_reference_and_management_is_refused() {
     }
 
     // Binary extension, as tritonclient sends it by default.
-    let (input, expected) = &reference_cases()[0];
+    let (input, expected) = &mlp_reference_cases()[0];
     let header = json!({
         "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 16],
                     "parameters": {"binary_data_size": 64}}],

@@ -21,7 +21,7 @@
 //! To add a command: a variant of [`Command`] with its argument checks in `Command::parse`,
 //! and its arm in `Dispatcher::execute` below.
 
-use std::io::{self, Read};
+use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use super::command::{self, Command, CommandError, DeviceIdentity, InstallArgs, SignedCommand};
 use super::download::{self, Report};
 use super::replay::{self, Claim};
-use crate::service::api::model_json;
+use crate::service::api::{model_json, ChannelReader};
 
 /// The broadcast command topic.
 pub const BROADCAST_TOPIC: &str = "mint/v1/fleet/cmd";
@@ -745,10 +745,7 @@ pub async fn install_from_url(
 ) -> UrlInstall {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
     let install = tokio::task::spawn_blocking(move || {
-        let mut input = ChannelReader {
-            rx,
-            current: Bytes::new(),
-        };
+        let mut input = ChannelReader::new(rx);
         if try_install {
             updater.try_install(&mut input, &mut |_| {})
         } else {
@@ -758,27 +755,6 @@ pub async fn install_from_url(
     let downloaded = download::run(job, options, &tx, report).await;
     drop(tx);
     (downloaded, install.await)
-}
-
-/// The blocking side of the download channel, read by the verifier.
-struct ChannelReader {
-    rx: mpsc::Receiver<io::Result<Bytes>>,
-    current: Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(Ok(b)) => self.current = b,
-                Some(Err(e)) => return Err(e),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
-    }
 }
 
 fn unix_ms() -> u64 {

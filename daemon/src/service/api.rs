@@ -277,10 +277,7 @@ async fn install(req: Request<Incoming>, state: &AppState) -> Reply {
             }
         });
         tokio::task::spawn_blocking(move || {
-            let mut input = ChannelReader {
-                rx,
-                current: Bytes::new(),
-            };
+            let mut input = ChannelReader::new(rx);
             updater.try_install(&mut input, &mut |_| {})
         })
         .await
@@ -477,10 +474,21 @@ fn response(status: StatusCode, body: Value) -> Reply {
         .expect("static response parts are valid")
 }
 
-/// The request body as a blocking reader for the updater (which runs on a blocking thread).
-struct ChannelReader {
+/// Chunks arriving on a channel (a request body, a download) as a blocking reader for the
+/// updater, which runs on a blocking thread.
+pub struct ChannelReader {
     rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
     current: Bytes,
+}
+
+impl ChannelReader {
+    /// Reads what `rx` delivers until its senders are gone (end of input) or an error.
+    pub fn new(rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>) -> Self {
+        Self {
+            rx,
+            current: Bytes::new(),
+        }
+    }
 }
 
 impl Read for ChannelReader {
@@ -493,8 +501,7 @@ impl Read for ChannelReader {
             }
         }
         let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        self.current = self.current.slice(n..);
+        buf[..n].copy_from_slice(&self.current.split_to(n));
         Ok(n)
     }
 }

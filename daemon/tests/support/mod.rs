@@ -37,6 +37,38 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The reference cases of `mlp.onnx` (`mlp_reference.json`, written by `make_models.py`):
+/// (input row, expected output row).
+pub fn mlp_reference_cases() -> Vec<(Vec<f64>, Vec<f64>)> {
+    let text = fs::read(fixture("mlp_reference.json")).expect("mlp_reference.json");
+    let doc: Value = serde_json::from_slice(&text).expect("reference JSON");
+    let values = |v: &Value| -> Vec<f64> {
+        v["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .map(|x| x.as_f64().expect("a number"))
+            .collect()
+    };
+    doc["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .map(|c| (values(&c["inputs"][0]), values(&c["outputs"][0])))
+        .collect()
+}
+
+/// Asserts `actual` is `expected` within 1e-5 per value.
+pub fn assert_close(actual: &[f64], expected: &[f64], what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}: {actual:?}");
+    for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
+        assert!(
+            (a - e).abs() <= 1e-5,
+            "{what}: value #{i} is {a}, the reference says {e}"
+        );
+    }
+}
+
 /// A short temporary directory under /tmp (socket paths must stay below 108 bytes), with an
 /// operator key `op.key`/`op.pub` and a trust directory `trust.d/` holding `op.pub`.
 pub struct Workspace {
