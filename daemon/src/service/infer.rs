@@ -513,7 +513,7 @@ pub async fn handle(
             .drift
             .request(name, &r.manifest.version, &r.rev.digest, received);
     }
-    let outcome = infer(req, &state, caller, name, version).await;
+    let outcome = infer(req, &state, caller, name, version, served.clone()).await;
     state.metrics.record(
         served.as_ref().map(|m| Served {
             model: name,
@@ -584,11 +584,13 @@ async fn infer(
     caller: Caller,
     name: &str,
     version: Option<&str>,
+    served: Option<Arc<LoadedModel>>,
 ) -> Result<Encoded, Refusal> {
     if !state.ready.load(Ordering::Acquire) {
         return Err(Refusal::new(Reason::NotReady, "mintd is starting"));
     }
-    let model = state.registry.get(name).ok_or_else(|| {
+    // Looked up once by the caller: the revision counted in the metrics is the one that runs.
+    let model = served.ok_or_else(|| {
         Refusal::new(
             Reason::UnknownModel,
             format!("model {name:?} is not served"),
