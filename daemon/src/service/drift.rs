@@ -405,18 +405,24 @@ impl DriftMonitor {
         now: Instant,
     ) -> &'a mut ModelWatch {
         // A new revision starts from scratch: its reference and traffic are its own.
-        let stale = models.get(name).is_some_and(|w| w.digest != digest);
-        if stale {
-            models.remove(name);
+        // Called on every request: the name is copied only when a revision is first seen.
+        let fresh = models.get(name).is_none_or(|w| w.digest != digest);
+        if fresh {
+            models.insert(
+                name.to_owned(),
+                ModelWatch {
+                    digest: digest.to_owned(),
+                    version: version.to_owned(),
+                    tensors: Vec::new(),
+                    requests: 0,
+                    drifting: false,
+                    rate: RateWatch::new(now),
+                },
+            );
         }
-        let watch = models.entry(name.to_owned()).or_insert_with(|| ModelWatch {
-            digest: digest.to_owned(),
-            version: version.to_owned(),
-            tensors: Vec::new(),
-            requests: 0,
-            drifting: false,
-            rate: RateWatch::new(now),
-        });
+        let watch = models
+            .get_mut(name)
+            .expect("the watch of this name was just checked or inserted");
         if watch.tensors.is_empty() {
             if let Some(r) = reference {
                 watch.tensors = r

@@ -128,7 +128,9 @@ impl ModelMetrics {
 /// Every revision's counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    models: RwLock<HashMap<(String, String), Arc<ModelMetrics>>>,
+    /// By model name, then by manifest digest (looked up with borrowed names: no allocation
+    /// on the request path).
+    models: RwLock<HashMap<String, HashMap<String, Arc<ModelMetrics>>>>,
     unknown: RwLock<Option<Arc<ModelMetrics>>>,
     /// Latency bucket totals at the previous [`Metrics::snapshot`], for per-interval
     /// percentiles.
@@ -183,7 +185,10 @@ impl Metrics {
 
     /// Every revision's series, by model then version.
     pub fn all(&self) -> Vec<Arc<ModelMetrics>> {
-        let mut out: Vec<Arc<ModelMetrics>> = read(&self.models).values().cloned().collect();
+        let mut out: Vec<Arc<ModelMetrics>> = read(&self.models)
+            .values()
+            .flat_map(|revisions| revisions.values().cloned())
+            .collect();
         if let Some(u) = read(&self.unknown).clone() {
             out.push(u);
         }
@@ -222,25 +227,28 @@ impl Metrics {
     }
 
     fn series(&self, s: Served<'_>) -> Arc<ModelMetrics> {
-        let key = (s.model.to_owned(), s.digest.to_owned());
-        if let Some(m) = read(&self.models).get(&key) {
+        if let Some(m) = read(&self.models)
+            .get(s.model)
+            .and_then(|revisions| revisions.get(s.digest))
+        {
             return m.clone();
         }
         let mut models = write(&self.models);
-        let fresh = models
-            .entry(key)
+        let revisions = models.entry(s.model.to_owned()).or_default();
+        let fresh = revisions
+            .entry(s.digest.to_owned())
             .or_insert_with(|| Arc::new(ModelMetrics::new(s.model, s.version, s.digest)))
             .clone();
         // Bound the revisions kept per model: drop the oldest idle ones.
-        let mut same: Vec<(String, String)> = models
-            .keys()
-            .filter(|(m, d)| m == s.model && d != s.digest)
-            .cloned()
+        let mut older: Vec<(u64, String)> = revisions
+            .iter()
+            .filter(|(d, _)| d.as_str() != s.digest)
+            .map(|(d, m)| (m.requests(), d.clone()))
             .collect();
-        if same.len() > MAX_REVISIONS_PER_MODEL {
-            same.sort_by_key(|k| models[k].requests());
-            for k in same.iter().take(same.len() - MAX_REVISIONS_PER_MODEL) {
-                models.remove(k);
+        if older.len() > MAX_REVISIONS_PER_MODEL {
+            older.sort();
+            for (_, d) in older.iter().take(older.len() - MAX_REVISIONS_PER_MODEL) {
+                revisions.remove(d);
             }
         }
         fresh
