@@ -218,6 +218,10 @@ pub struct Api {
     pub rate_limit_per_sec: u32,
     /// Time one request may take, in milliseconds.
     pub request_timeout_ms: u64,
+    /// Models whose typical run takes at most this many microseconds run on the thread that
+    /// read the request, without the hand-off to a blocking thread and back (0 = never).
+    /// Slower models, and any model right after a slower run, go to the blocking threads.
+    pub inline_max_us: u64,
 }
 
 impl Default for Api {
@@ -231,6 +235,7 @@ impl Default for Api {
             queue_depth: 16,
             rate_limit_per_sec: 200,
             request_timeout_ms: 2_000,
+            inline_max_us: 200,
         }
     }
 }

@@ -289,6 +289,8 @@ fn api(api: &Api, out: &mut Vec<Problem>) {
         "10 minutes",
         out,
     );
+    // An inline run holds one of the few async workers: a millisecond at most.
+    at_most("api.inline_max_us", api.inline_max_us, 1_000, "1 ms", out);
 }
 
 fn mqtt(mqtt: &Mqtt, out: &mut Vec<Problem>) {

@@ -1,7 +1,9 @@
 //! The inference engine: tract, fed only with model bytes whose digest is checked in memory
 //! right before parsing.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use mint_updater::manifest::TensorSpec;
 use sha2::{Digest, Sha256};
@@ -42,11 +44,25 @@ pub enum EngineError {
     Run(String),
 }
 
+/// Run states kept for reuse, at most: one per thread that may run the model at once is
+/// plenty (the API caps concurrent inferences far below this).
+const POOL_MAX: usize = 8;
+
+/// No run-time estimate yet (the model has not run).
+const UNMEASURED: u64 = u64::MAX;
+
 /// A loaded, optimised model ready to run.
 pub struct Engine {
     plan: Arc<TypedRunnableModel>,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
+    /// Run states of finished inferences, reused so a run does not rebuild tract's per-run
+    /// bookkeeping. `None` when the model has stateful operators (recurrent state): each run
+    /// then gets a fresh state, so nothing of one request can reach the next.
+    pool: Option<Mutex<Vec<TypedSimpleState>>>,
+    /// Typical run time in ns: a decaying average that jumps up at once to any slower run,
+    /// [`UNMEASURED`] until the first run.
+    run_ns: AtomicU64,
 }
 
 impl Engine {
@@ -74,11 +90,61 @@ impl Engine {
         let inputs = describe(&typed, typed.input_outlets().map_err(load)?, "input")?;
         let outputs = describe(&typed, typed.output_outlets().map_err(load)?, "output")?;
         let plan = typed.into_runnable().map_err(load)?;
+        // A state whose operators keep nothing between runs can serve the next request.
+        let first = plan.spawn().map_err(load)?;
+        let pool = first
+            .op_states
+            .iter()
+            .all(Option::is_none)
+            .then(|| Mutex::new(vec![first]));
         Ok(Engine {
             plan,
             inputs,
             outputs,
+            pool,
+            run_ns: AtomicU64::new(UNMEASURED),
         })
+    }
+
+    /// How long a run of this model typically takes: a decaying average of the runs so far,
+    /// raised at once by any slower run (so one slow input is enough to be treated as slow);
+    /// `None` before the first run.
+    pub fn typical_run(&self) -> Option<Duration> {
+        match self.run_ns.load(Ordering::Relaxed) {
+            UNMEASURED => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+
+    fn observe_run(&self, took: Duration) {
+        let took = u64::try_from(took.as_nanos()).unwrap_or(UNMEASURED - 1);
+        // Races between runs only lose one sample of an estimate; Relaxed is enough.
+        let old = self.run_ns.load(Ordering::Relaxed);
+        let new = if old == UNMEASURED || took >= old {
+            took
+        } else {
+            old - (old - took) / 8
+        };
+        self.run_ns.store(new, Ordering::Relaxed);
+    }
+
+    /// Runs the plan on ordered inputs with a pooled state when the model allows it. A state
+    /// goes back to the pool only after a successful run: a failed or panicking run drops it.
+    fn execute(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let Some(pool) = &self.pool else {
+            return self.plan.run(inputs);
+        };
+        let pooled = pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut state = match pooled {
+            Some(state) => state,
+            None => self.plan.spawn()?,
+        };
+        let outputs = state.run(inputs)?;
+        let mut states = pool.lock().unwrap_or_else(|p| p.into_inner());
+        if states.len() < POOL_MAX {
+            states.push(state);
+        }
+        Ok(outputs)
     }
 
     /// Input specs as read from the model (`-1` for symbolic dimensions).
@@ -124,10 +190,11 @@ impl Engine {
                 self.inputs.len()
             )));
         }
+        let started = Instant::now();
         let outputs = self
-            .plan
-            .run(ordered)
+            .execute(ordered)
             .map_err(|e| EngineError::Run(format!("{e:#}")))?;
+        self.observe_run(started.elapsed());
         Ok(self
             .outputs
             .iter()
@@ -172,4 +239,89 @@ fn describe(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mlp() -> Engine {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/models/mlp.onnx"
+        );
+        Engine::load_unchecked(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    fn input(seed: f32, rows: usize) -> Tensor {
+        let values: Vec<f32> = (0..rows * 16).map(|i| (i as f32 * seed).sin()).collect();
+        Tensor::from_shape(&[rows, 16], &values).unwrap()
+    }
+
+    fn run(engine: &Engine, t: &Tensor) -> Result<Vec<f32>, EngineError> {
+        let out = engine.run_tensors(vec![("input".into(), t.clone())])?;
+        Ok(out[0]
+            .1
+            .to_plain_array_view::<f32>()
+            .unwrap()
+            .iter()
+            .copied()
+            .collect())
+    }
+
+    #[test]
+    fn pooled_states_give_the_answers_of_a_fresh_plan_run_whatever_ran_before() {
+        let engine = mlp();
+        assert!(engine.pool.is_some(), "the mlp has no stateful operator");
+        let fresh = |t: &Tensor| -> Vec<f32> {
+            let out = engine.plan.run(tvec![t.clone().into_tvalue()]).unwrap();
+            out[0]
+                .to_plain_array_view::<f32>()
+                .unwrap()
+                .iter()
+                .copied()
+                .collect()
+        };
+        let (a, b) = (input(0.37, 1), input(1.9, 3));
+        let (want_a, want_b) = (fresh(&a), fresh(&b));
+        for _ in 0..3 {
+            assert_eq!(run(&engine, &a).unwrap(), want_a);
+            assert_eq!(run(&engine, &b).unwrap(), want_b);
+        }
+        // A failed run drops its state; the next ones are unaffected.
+        let wrong = Tensor::from_shape(&[1, 15], &[0f32; 15]).unwrap();
+        assert!(run(&engine, &wrong).is_err());
+        assert_eq!(run(&engine, &a).unwrap(), want_a);
+        // Concurrent runs each get a state of their own.
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        assert_eq!(run(&engine, &b).unwrap(), want_b);
+                    }
+                });
+            }
+        });
+        let kept = engine.pool.as_ref().unwrap().lock().unwrap().len();
+        assert!((1..=POOL_MAX).contains(&kept), "{kept} states kept");
+    }
+
+    #[test]
+    fn the_typical_run_is_unknown_before_the_first_run_and_jumps_up_to_a_slow_one() {
+        let engine = mlp();
+        assert_eq!(engine.typical_run(), None);
+        run(&engine, &input(0.5, 1)).unwrap();
+        assert!(engine.typical_run().is_some());
+        engine.observe_run(Duration::from_micros(100));
+        engine.observe_run(Duration::from_micros(900));
+        assert_eq!(engine.typical_run(), Some(Duration::from_micros(900)));
+        // Faster runs bring it down by an eighth of the gap each.
+        engine.observe_run(Duration::from_micros(100));
+        assert_eq!(engine.typical_run(), Some(Duration::from_micros(800)));
+        for _ in 0..60 {
+            engine.observe_run(Duration::from_micros(100));
+        }
+        let settled = engine.typical_run().unwrap();
+        assert!(settled < Duration::from_micros(101), "{settled:?}");
+    }
 }

@@ -265,3 +265,98 @@ fn a_model_changed_on_disk_is_reported_once_keeps_serving_from_memory_and_is_nev
     assert!(d.stderr().contains("never loaded again"), "{}", d.stderr());
     assert_eq!(d.events_of("tamper_detected").len(), 1);
 }
+
+/// A small model runs on the async worker that read the request (`api.inline_max_us`), and
+/// answers exactly as it does from the blocking threads; `/metrics` tells which thread ran
+/// it and the engine's estimate of one run. A model slower than the limit, or a body above
+/// 64 KiB, goes to the blocking threads.
+#[test]
+fn small_models_run_inline_with_the_same_answers_as_on_the_blocking_threads() {
+    let ws = Workspace::new();
+    let bundle = ws
+        .bundle("m", "1.0.0", 1)
+        .arg("--max-batch")
+        .arg("4096")
+        .create();
+    let start = |inline_max_us: &str| {
+        let mut config = ws.config();
+        // Two daemons side by side: their own files.
+        config.path = ws.path(&format!("mintd-{inline_max_us}.toml"));
+        config.log = ws.path(&format!("mintd-{inline_max_us}.log"));
+        config.socket = ws.path(&format!("{inline_max_us}.sock"));
+        config.state_dir = ws.path(&format!("state-{inline_max_us}"));
+        config.set("api", "inline_max_us", inline_max_us).set(
+            "monitor",
+            "rehash_interval_secs",
+            "0",
+        );
+        let d = config.start();
+        install_committed(&d, &bundle);
+        d
+    };
+    let inline = start("1000");
+    let blocking = start("0");
+    let runs = |d: &Daemon| {
+        let m = metrics(d);
+        (
+            m["mintd_inference_runs_total{thread=\"inline\"}"],
+            m["mintd_inference_runs_total{thread=\"blocking\"}"],
+        )
+    };
+    // The golden cases of the install measured the model: the estimate is there already.
+    let typical = |d: &Daemon| -> f64 {
+        let m = metrics(d);
+        *m.iter()
+            .find(|(k, _)| k.starts_with("mintd_model_typical_run_seconds{model=\"m\""))
+            .unwrap_or_else(|| panic!("no typical run time in {m:#?}"))
+            .1
+    };
+    let t = typical(&inline);
+    assert!(t > 0.0 && t < 0.001, "typical run {t} s");
+
+    let rows = reference_like_rows(20);
+    for row in &rows {
+        let (a, ja) = infer_row(&inline, row);
+        let (b, jb) = infer_row(&blocking, row);
+        assert_eq!((a, b), (200, 200), "{ja} {jb}");
+        assert_eq!(ja, jb, "inline and blocking answers differ");
+    }
+    // Every request of the limit-0 daemon went to the blocking threads. On the other, a run
+    // preempted on a busy machine can look slow and send a few of the next ones there too.
+    assert_eq!(runs(&blocking), (0.0, 20.0));
+    let (on_worker, handed_off) = runs(&inline);
+    assert_eq!(on_worker + handed_off, 20.0);
+    assert!(on_worker >= 10.0, "{on_worker} of 20 ran inline");
+
+    // A refusal on the inline path is the same refusal.
+    let (a, ja) = infer_row(&inline, &[f64::from(f32::MAX) * 2.0; 16]);
+    let (b, jb) = infer_row(&blocking, &[f64::from(f32::MAX) * 2.0; 16]);
+    assert_eq!((a, b), (400, 400));
+    assert_eq!(ja, jb);
+
+    // A body above 64 KiB goes to the blocking threads even for a fast model.
+    let big = 2048;
+    let header = json!({
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [big, 16],
+                    "parameters": {"binary_data_size": big * 64}}],
+        "parameters": {"binary_data_output": true}
+    })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend((0..big * 16).flat_map(|i| ((i % 13) as f32 / 13.0).to_le_bytes()));
+    let (inline_before, blocking_before) = runs(&inline);
+    let reply = http::unix(
+        &inline.socket,
+        "POST",
+        "/v2/models/m/infer",
+        &[("Inference-Header-Content-Length", header.len().to_string())],
+        &body,
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(runs(&inline), (inline_before, blocking_before + 1.0));
+}

@@ -645,6 +645,43 @@ async fn infer(
     let deadline = tokio::time::Instant::now() + budget;
     let permit = state.guards.admission.admit(deadline, budget).await?;
     let json_limit = MAX_JSON_BYTES.min(usize::try_from(api.max_body_bytes).unwrap_or(usize::MAX));
+    if runs_inline(&model, api.inline_max_us, body.len()) {
+        // A small model on a small body: running it here costs less than the two thread
+        // hand-offs of the blocking pool. The slot is held for the run like on the pool.
+        let _permit = permit;
+        state.metrics.count_run(true);
+        let started = AtomicBool::new(false);
+        let outcome = guard::contain_panic(|| {
+            let request = parse_request(body, header_length.as_deref(), json_limit)?;
+            run(
+                &model,
+                name,
+                request,
+                deadline.into_std(),
+                budget,
+                &started,
+                &state.drift,
+            )
+        })
+        .map_err(|panic| {
+            Refusal::new(
+                Reason::Engine,
+                format!("the inference task panicked: {panic}"),
+            )
+        })?;
+        // Nothing can interrupt a run on this thread: an answer that comes late is refused
+        // as it would be from the pool, and the run's time already made the next request of
+        // this model go to the pool.
+        return match outcome {
+            Ok(_) if tokio::time::Instant::now() > deadline => Err(deadline_refusal(
+                Reason::DeadlineRunning,
+                "while the model ran",
+                budget,
+            )),
+            other => other,
+        };
+    }
+    state.metrics.count_run(false);
     let started = Arc::new(AtomicBool::new(false));
     let task = {
         let model = model.clone();
@@ -671,16 +708,34 @@ async fn infer(
             } else {
                 (Reason::DeadlineWaiting, "before the model ran")
             };
-            Err(Refusal::new(
-                reason,
-                format!(
-                    "deadline of {} ms passed {when} (api.request_timeout_ms, the model's \
-                     guard.timeout_ms)",
-                    budget.as_millis()
-                ),
-            ))
+            Err(deadline_refusal(reason, when, budget))
         }
     }
+}
+
+/// Largest body parsed and run on the async worker: parsing it takes microseconds.
+const INLINE_MAX_BODY: usize = 64 * 1024;
+
+/// Whether a request runs on the async worker that read it: the model's typical run is
+/// known and within `inline_max_us` (0 = never), and the body is small.
+fn runs_inline(model: &LoadedModel, inline_max_us: u64, body_len: usize) -> bool {
+    inline_max_us > 0
+        && body_len <= INLINE_MAX_BODY
+        && model
+            .engine
+            .typical_run()
+            .is_some_and(|t| t <= Duration::from_micros(inline_max_us))
+}
+
+fn deadline_refusal(reason: Reason, when: &str, budget: Duration) -> Refusal {
+    Refusal::new(
+        reason,
+        format!(
+            "deadline of {} ms passed {when} (api.request_timeout_ms, the model's \
+             guard.timeout_ms)",
+            budget.as_millis()
+        ),
+    )
 }
 
 /// On the blocking pool: the manifest's checks, the engine (panics contained), output sanity,

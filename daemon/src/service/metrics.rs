@@ -135,6 +135,10 @@ pub struct Metrics {
     /// Latency bucket totals at the previous [`Metrics::snapshot`], for per-interval
     /// percentiles.
     last_buckets: Mutex<Vec<u64>>,
+    /// Model runs on the async worker that read the request (`api.inline_max_us`).
+    inline_runs: AtomicU64,
+    /// Model runs handed to the blocking threads.
+    blocking_runs: AtomicU64,
 }
 
 /// Totals over every model for telemetry ([`Metrics::snapshot`]).
@@ -166,6 +170,17 @@ pub struct Served<'a> {
 }
 
 impl Metrics {
+    /// Counts one request that reached the engine's thread: inline on the async worker, or
+    /// handed to the blocking threads.
+    pub fn count_run(&self, inline: bool) {
+        let counter = if inline {
+            &self.inline_runs
+        } else {
+            &self.blocking_runs
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one request: its latency if it succeeded, its reason if not.
     pub fn record(&self, served: Option<Served<'_>>, outcome: Result<Duration, Reason>) {
         match served {
@@ -440,7 +455,43 @@ pub fn render(state: &AppState) -> String {
             1.0,
         );
     }
+    x.family(
+        "mintd_model_typical_run_seconds",
+        "gauge",
+        "The engine's estimate of one run of the served model (decaying average, raised at \
+         once by a slower run); absent before the first run.",
+    );
+    for m in state.registry.all() {
+        if let Some(typical) = m.engine.typical_run() {
+            let i = &m.installed;
+            x.sample(
+                "mintd_model_typical_run_seconds",
+                &[
+                    ("model", &i.name),
+                    ("version", &i.manifest.version),
+                    ("digest", &i.rev.digest),
+                ],
+                typical.as_secs_f64(),
+            );
+        }
+    }
     render_inference(&state.metrics, &mut x);
+    x.family(
+        "mintd_inference_runs_total",
+        "counter",
+        "Requests handed to a model, by thread: inline on the async worker that read the \
+         request (models within api.inline_max_us), or on the blocking threads.",
+    );
+    for (thread, counter) in [
+        ("inline", &state.metrics.inline_runs),
+        ("blocking", &state.metrics.blocking_runs),
+    ] {
+        x.sample(
+            "mintd_inference_runs_total",
+            &[("thread", thread)],
+            counter.load(Ordering::Relaxed) as f64,
+        );
+    }
     x.family(
         "mintd_inference_in_flight",
         "gauge",
