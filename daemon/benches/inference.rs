@@ -6,15 +6,17 @@
 //! Environment: `BENCH_SECS` (length of each load phase, default 5), `BENCH_ROUNDS`
 //! (interleaved rounds, default 5), `BENCH_CONNECTIONS` (closed-loop connections, default 8),
 //! `BENCH_PYTHON` (python with onnxruntime; part C is skipped without it), `BENCH_PARTS`
-//! (which parts to run, default `ABC`).
+//! (which parts to run, default `ABC`), `BENCH_MINTD_API` (more lines for the daemon's `[api]`
+//! section, e.g. `inline_max_us = 0`).
 //!
 //! A. In process, on one thread: the guarded path of the API (`infer::parse_request` +
 //!    `infer::run`: parse, the manifest's checks, tract, output sanity, drift statistics, the
 //!    encoded answer) against tract's own `run` on the same model and input.
 //! B. End to end over the Unix socket against the release `mintd`: latency added over raw
-//!    tract at low load (one connection), saturation throughput (closed loop), then p50/p99 of
-//!    an open-loop load at 80 % of saturation (latency from the scheduled send time, so a late
-//!    answer also delays what should have been sent meanwhile: no coordinated omission).
+//!    tract at low load (one connection), saturation throughput (closed loop), the highest
+//!    rate an open loop sustains (bisection), then p50/p99 of an open-loop load at 80 % of it
+//!    (latency from the scheduled send time when the server's delay held the request back, so
+//!    no coordinated omission).
 //! C. Throughput over loopback TCP, mintd (`api.tcp`) against `ort_server.py` (onnxruntime
 //!    behind the standard library's ThreadingHTTPServer), same load generator, same requests
 //!    (binary tensor extension, what tritonclient sends by default), interleaved rounds.
@@ -442,26 +444,31 @@ fn saturate(target: &Target, request: &[u8], connections: usize, secs: f64) -> (
     )
 }
 
-/// Asks the kernel to end this thread's sleeps on time: with the default timer slack (50 µs)
-/// every scheduled send of the open loop could leave up to 50 µs late, and that delay would
-/// be counted as mintd's latency.
-fn precise_sleeps() {
-    // SAFETY: PR_SET_TIMERSLACK takes the slack in ns as a plain integer and changes only the
-    // calling thread's timer slack; no pointer is passed and the other arguments are unused.
-    unsafe {
-        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
-    }
+/// What one open-loop run measured.
+struct OpenLoop {
+    /// Latencies in µs, sorted.
+    latencies: Vec<f64>,
+    /// Answers other than 200.
+    failed: usize,
+    /// Seconds from the first scheduled send to the last answer, over the scheduled span:
+    /// 1.0 when the server kept up, more when a backlog built.
+    overrun: f64,
 }
 
-/// Open loop at `rate` requests per second for `secs`, spread over `connections`; latencies
-/// in µs from each request's scheduled time, sorted, and the count of non-200 answers.
+/// Open loop at `rate` requests per second for `secs`, spread over `connections` (each sends
+/// its share on a fixed schedule).
+///
+/// A request's latency counts from its scheduled time when its connection was still busy
+/// then (the server's delay pushed it back: no coordinated omission), and from its actual
+/// send otherwise (a sleeping thread that wakes a little late is the generator's delay, not
+/// the server's).
 fn open_loop(
     target: &Target,
     request: &[u8],
     rate: f64,
     connections: usize,
     secs: f64,
-) -> (Vec<f64>, usize) {
+) -> OpenLoop {
     let total = (rate * secs) as usize;
     let interval = 1.0 / rate;
     let barrier = Arc::new(Barrier::new(connections + 1));
@@ -471,41 +478,65 @@ fn open_loop(
             let (target, request) = (target.clone(), request.to_vec());
             let (barrier, start_at) = (barrier.clone(), start_at.clone());
             std::thread::spawn(move || {
-                precise_sleeps();
                 let mut conn = target.connect();
                 conn.call(&request);
                 barrier.wait();
                 let t0 = *start_at.wait();
                 let mut latencies = Vec::with_capacity(total / connections + 1);
                 let mut failed = 0;
+                let mut last = t0;
                 for k in (i..total).step_by(connections) {
                     let scheduled = t0 + Duration::from_secs_f64(k as f64 * interval);
-                    let now = Instant::now();
-                    if scheduled > now {
-                        std::thread::sleep(scheduled - now);
+                    let free = Instant::now();
+                    if scheduled > free {
+                        std::thread::sleep(scheduled - free);
                     }
+                    let sent = Instant::now();
+                    let from = if free > scheduled { scheduled } else { sent };
                     if conn.call(&request) != 200 {
                         failed += 1;
                     }
-                    latencies.push(us(scheduled.elapsed()));
+                    last = Instant::now();
+                    latencies.push(us(last - from));
                 }
-                (latencies, failed)
+                (latencies, failed, last)
             })
         })
         .collect();
     barrier.wait();
-    start_at
-        .set(Instant::now() + Duration::from_millis(20))
-        .unwrap();
+    let t0 = Instant::now() + Duration::from_millis(20);
+    start_at.set(t0).unwrap();
     let mut all = Vec::with_capacity(total);
-    let mut failed = 0;
+    let (mut failed, mut end) = (0, t0);
     for w in workers {
-        let (l, f) = w.join().unwrap();
+        let (l, f, last) = w.join().unwrap();
         all.extend(l);
         failed += f;
+        end = end.max(last);
     }
     all.sort_by(f64::total_cmp);
-    (all, failed)
+    OpenLoop {
+        latencies: all,
+        failed,
+        overrun: (end - t0).as_secs_f64() / secs,
+    }
+}
+
+/// The highest open-loop rate the server sustains with this generator (on the same cores):
+/// a bisection between a tenth of `closed` and `closed` (the closed-loop saturation, which an
+/// open loop cannot reach: each request also costs the generator a timed wake-up) over runs
+/// of 2 s, a rate being sustained when the run ends within 1 % (20 ms) of its schedule.
+fn sustainable(target: &Target, request: &[u8], closed: f64, connections: usize) -> f64 {
+    let (mut low, mut high) = (0.1 * closed, closed);
+    for _ in 0..6 {
+        let rate = (low + high) / 2.0;
+        if open_loop(target, request, rate, connections, 2.0).overrun <= 1.01 {
+            low = rate;
+        } else {
+            high = rate;
+        }
+    }
+    low
 }
 
 /// One connection, one request at a time, each right after one raw tract run in this
@@ -531,6 +562,24 @@ fn paired(target: &Target, request: &[u8], count: usize, raw: &Raw) -> (Vec<f64>
     (r, e)
 }
 
+/// Sets the CPU affinity of process `pid` with util-linux's `taskset`: of every thread when
+/// `all_threads`, else of its main thread only (threads it starts later inherit it).
+fn pin(pid: u32, cpus: &str, all_threads: bool) {
+    let mut cmd = Command::new("taskset");
+    if all_threads {
+        cmd.arg("-a");
+    }
+    let out = cmd
+        .args(["-p", "-c", cpus, &pid.to_string()])
+        .output()
+        .expect("taskset (util-linux)");
+    assert!(
+        out.status.success(),
+        "taskset -c {cpus} {pid}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A child process killed on drop.
 struct Reaped(Child);
 
@@ -551,9 +600,10 @@ fn start_mintd(dir: &Path) -> (Reaped, PathBuf, SocketAddr) {
         format!(
             "[paths]\nstate_dir = {:?}\nsocket = {socket:?}\n[trust]\nkeys_dir = {:?}\n\
              [api]\ntcp = \"127.0.0.1:0\"\nrate_limit_per_sec = 100000000\nqueue_depth = 256\n\
-             request_timeout_ms = 10000\n",
+             request_timeout_ms = 10000\n{}\n",
             dir.join("state"),
             dir.join("trust"),
+            std::env::var("BENCH_MINTD_API").unwrap_or_default(),
         ),
     )
     .unwrap();
@@ -715,7 +765,7 @@ fn main() {
     if !parts.contains('B') && !parts.contains('C') {
         return;
     }
-    let (_mintd, socket, tcp) = start_mintd(dir);
+    let (mintd, socket, tcp) = start_mintd(dir);
     let client = Client::new(&socket);
     for bundle in &bundles {
         let reply = client
@@ -755,7 +805,7 @@ fn main() {
          at the same percentile, raw tract run in this process right before each request)"
     );
     println!(
-        "{:<8} {:>8} {:>8} | {:>8} {:>8} {:>9} {:>9} | {:>8} {:>8} | {:>8} {:>8} {:>9} {:>9} {:>7}",
+        "{:<8} {:>8} {:>8} | {:>8} {:>8} {:>9} {:>9} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>9} {:>7}",
         "model",
         "raw p50",
         "raw p99",
@@ -763,42 +813,61 @@ fn main() {
         "one p99",
         "added50",
         "added99",
-        "sat/s",
+        "closed/s",
+        "open/s",
         "80%/s",
         "p50",
         "p99",
         "added50",
-        "added99",
         "p99/p50"
     );
+    let open_connections: usize = env_or("BENCH_OPEN_CONNECTIONS", 4);
+    // The load generator and the server on cores of their own: the generator's wake-ups
+    // (one timed sleep per request in the open loop) must not take the server's CPU.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let all_cores = format!("0-{}", cores - 1);
+    let isolate = parts.contains('B') && cores >= 2;
+    if isolate {
+        pin(mintd.0.id(), &format!("1-{}", cores - 1), true);
+        pin(std::process::id(), "0", false);
+        println!(
+            "(mintd pinned to CPUs 1-{}, the load generator to CPU 0)",
+            cores - 1
+        );
+    }
     for (b, raw) in benches.iter().zip(&raws).filter(|_| parts.contains('B')) {
         let request = b.http_request();
         let count = if b.iterations > 1000 { 5000 } else { 300 };
         let (raw_lat, idle) = paired(&unix, &request, count, raw);
         let (raw50, raw99) = (percentile(&raw_lat, 0.5), percentile(&raw_lat, 0.99));
         let (idle50, idle99) = (percentile(&idle, 0.5), percentile(&idle, 0.99));
-        let (saturation, failed) = saturate(&unix, &request, connections, secs);
+        let (closed, failed) = saturate(&unix, &request, connections, secs);
         assert!(failed == 0.0, "{} refused at saturation: {failed}", b.name);
-        let rate = 0.8 * saturation;
-        let (lat, failed) = open_loop(&unix, &request, rate, connections.max(16), secs);
-        let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+        let open = sustainable(&unix, &request, closed, open_connections);
+        let rate = 0.8 * open;
+        let run = open_loop(&unix, &request, rate, open_connections, secs);
+        let lat = &run.latencies;
+        let (p50, p99) = (percentile(lat, 0.5), percentile(lat, 0.99));
         println!(
             "{:<8} {raw50:>8.1} {raw99:>8.1} | {idle50:>8.1} {idle99:>8.1} {:>9.1} {:>9.1} | \
-             {saturation:>8.0} {rate:>8.0} | {p50:>8.1} {p99:>8.1} {:>9.1} {:>9.1} {:>7.2}{}",
+             {closed:>8.0} {open:>8.0} {rate:>8.0} | {p50:>8.1} {p99:>8.1} {:>9.1} {:>7.2}{}",
             b.name,
             idle50 - raw50,
             idle99 - raw99,
             p50 - raw50,
-            p99 - raw99,
             p99 / p50,
-            if failed > 0 {
-                format!("  ({failed} refused)")
+            if run.failed > 0 {
+                format!("  ({} refused)", run.failed)
             } else {
                 String::new()
             }
         );
     }
 
+    if isolate {
+        pin(mintd.0.id(), &all_cores, true);
+        pin(std::process::id(), &all_cores, false);
+    }
     let Some(python) = python.filter(|_| parts.contains('C')) else {
         println!("\nC. skipped: BENCH_PYTHON (a python with onnxruntime) is not set");
         return;
