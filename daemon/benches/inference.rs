@@ -580,6 +580,49 @@ fn pin(pid: u32, cpus: &str, all_threads: bool) {
     );
 }
 
+/// The machine's own stalls on one CPU, the way jHiccup measures them: a thread that only
+/// reads the clock for `secs`, pinned to `cpu` (the bench re-executed under `taskset` with
+/// `MINT_BENCH_HICCUP`), reports every gap of 0.5 ms or more between two readings. On a VM
+/// these are the host's preemptions and interrupts: no server on that CPU can answer faster
+/// than them.
+fn hiccups(cpu: usize, secs: f64) -> String {
+    let exe = std::env::current_exe().expect("bench binary");
+    let out = Command::new("taskset")
+        .args(["-c", &cpu.to_string()])
+        .arg(exe)
+        .env("MINT_BENCH_HICCUP", secs.to_string())
+        .output()
+        .expect("taskset (util-linux)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The child side of [`hiccups`].
+fn spin_for_hiccups(secs: f64) {
+    let start = Instant::now();
+    let (mut last, mut gaps) = (start, Vec::new());
+    while last - start < Duration::from_secs_f64(secs) {
+        let now = Instant::now();
+        if now - last >= Duration::from_micros(500) {
+            gaps.push(us(now - last) / 1000.0);
+        }
+        last = now;
+    }
+    gaps.sort_by(f64::total_cmp);
+    let total: f64 = gaps.iter().sum();
+    println!(
+        "{} stalls of 0.5 ms or more in {secs} s, {total:.1} ms in all ({:.2} % of the time), \
+         longest {:.1} ms",
+        gaps.len(),
+        total / (secs * 10.0),
+        gaps.last().copied().unwrap_or(0.0)
+    );
+}
+
 /// A child process killed on drop.
 struct Reaped(Child);
 
@@ -688,6 +731,10 @@ fn output_values(target: &Target, request: &[u8]) -> Vec<f32> {
 }
 
 fn main() {
+    if let Ok(secs) = std::env::var("MINT_BENCH_HICCUP") {
+        spin_for_hiccups(secs.parse().expect("MINT_BENCH_HICCUP seconds"));
+        return;
+    }
     let secs: f64 = env_or("BENCH_SECS", 5.0);
     let rounds: usize = env_or("BENCH_ROUNDS", 5);
     let connections: usize = env_or("BENCH_CONNECTIONS", 8);
@@ -834,6 +881,10 @@ fn main() {
             "(mintd pinned to CPUs 1-{}, the load generator to CPU 0)",
             cores - 1
         );
+        println!(
+            "host noise on CPU 1 before, nothing else running there: {}",
+            hiccups(1, secs)
+        );
     }
     for (b, raw) in benches.iter().zip(&raws).filter(|_| parts.contains('B')) {
         let request = b.http_request();
@@ -865,6 +916,7 @@ fn main() {
     }
 
     if isolate {
+        println!("host noise on CPU 1 after: {}", hiccups(1, secs));
         pin(mintd.0.id(), &all_cores, true);
         pin(std::process::id(), &all_cores, false);
     }
