@@ -7,7 +7,8 @@
 //! (interleaved rounds, default 5), `BENCH_CONNECTIONS` (closed-loop connections, default 8),
 //! `BENCH_PYTHON` (python with onnxruntime; part C is skipped without it), `BENCH_PARTS`
 //! (which parts to run, default `ABC`), `BENCH_MINTD_API` (more lines for the daemon's `[api]`
-//! section, e.g. `inline_max_us = 0`).
+//! section, e.g. `inline_max_us = 0`), `BENCH_PIN` (0: part B without pinning the server and
+//! the generator to separate CPUs).
 //!
 //! A. In process, on one thread: the guarded path of the API (`infer::parse_request` +
 //!    `infer::run`: parse, the manifest's checks, tract, output sanity, drift statistics, the
@@ -613,7 +614,7 @@ fn spin_for_hiccups(secs: f64) {
         last = now;
     }
     gaps.sort_by(f64::total_cmp);
-    let total: f64 = gaps.iter().sum();
+    let total: f64 = gaps.iter().sum::<f64>().max(0.0);
     println!(
         "{} stalls of 0.5 ms or more in {secs} s, {total:.1} ms in all ({:.2} % of the time), \
          longest {:.1} ms",
@@ -873,7 +874,7 @@ fn main() {
     // (one timed sleep per request in the open loop) must not take the server's CPU.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let all_cores = format!("0-{}", cores - 1);
-    let isolate = parts.contains('B') && cores >= 2;
+    let isolate = parts.contains('B') && cores >= 2 && env_or("BENCH_PIN", 1) == 1;
     if isolate {
         pin(mintd.0.id(), &format!("1-{}", cores - 1), true);
         pin(std::process::id(), "0", false);
@@ -909,6 +910,11 @@ fn main() {
             p99 / p50,
             if run.failed > 0 {
                 format!("  ({} refused)", run.failed)
+            } else if run.overrun > 1.01 {
+                format!(
+                    "  (did not keep up: the last answer came {:.0} ms after the schedule's end)",
+                    (run.overrun - 1.0) * secs * 1000.0
+                )
             } else {
                 String::new()
             }
