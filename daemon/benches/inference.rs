@@ -314,21 +314,31 @@ fn in_process(dir: &Path, bundle: &Path, b: &Bench, rounds: usize) -> (InProcess
         guarded(&binary, Some(header_length.as_str()));
         guarded(&json, None);
     }
-    let time = |f: &dyn Fn()| {
-        let t = Instant::now();
-        for _ in 0..b.iterations {
-            f();
-        }
-        us(t.elapsed()) / b.iterations as f64
-    };
-    let (mut r, mut s, mut g, mut j) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // The four take turns in short blocks (100 MLP runs, one convnet run), so that a change
+    // of the machine's speed during a round touches all of them alike.
+    let guarded_binary = || guarded(&binary, Some(header_length.as_str()));
+    let guarded_json = || guarded(&json, None);
+    let paths: [&dyn Fn(); 4] = [&raw, &raw_reused, &guarded_binary, &guarded_json];
+    let block = (b.iterations / 200).max(1);
+    let mut per_round: [Vec<f64>; 4] = Default::default();
     for _ in 0..rounds {
-        r.push(time(&raw));
-        s.push(time(&raw_reused));
-        g.push(time(&|| guarded(&binary, Some(header_length.as_str()))));
-        j.push(time(&|| guarded(&json, None)));
+        let mut totals = [Duration::ZERO; 4];
+        for _ in 0..b.iterations / block {
+            for (total, f) in totals.iter_mut().zip(paths) {
+                let t = Instant::now();
+                for _ in 0..block {
+                    f();
+                }
+                *total += t.elapsed();
+            }
+        }
+        let runs = (b.iterations / block * block) as f64;
+        for (series, total) in per_round.iter_mut().zip(totals) {
+            series.push(us(total) / runs);
+        }
     }
     drop(state);
+    let [r, s, g, j] = per_round;
     let figures = InProcess {
         raw: median(r),
         raw_reused: median(s),
