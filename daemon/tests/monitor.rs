@@ -303,7 +303,6 @@ fn small_models_run_inline_with_the_same_answers_as_on_the_blocking_threads() {
             m["mintd_inference_runs_total{thread=\"blocking\"}"],
         )
     };
-    // The golden cases of the install measured the model: the estimate is there already.
     let typical = |d: &Daemon| -> f64 {
         let m = metrics(d);
         *m.iter()
@@ -311,8 +310,15 @@ fn small_models_run_inline_with_the_same_answers_as_on_the_blocking_threads() {
             .unwrap_or_else(|| panic!("no typical run time in {m:#?}"))
             .1
     };
+    // The golden cases of the install measured the model: the estimate is there already.
+    // A first, cold run can be slow on a debug build; a few requests bring it down.
+    assert!(typical(&inline) > 0.0);
+    for row in reference_like_rows(30) {
+        assert_eq!(infer_row(&inline, &row).0, 200);
+    }
     let t = typical(&inline);
     assert!(t > 0.0 && t < 0.001, "typical run {t} s");
+    let before = runs(&inline);
 
     let rows = reference_like_rows(20);
     for row in &rows {
@@ -325,6 +331,7 @@ fn small_models_run_inline_with_the_same_answers_as_on_the_blocking_threads() {
     // preempted on a busy machine can look slow and send a few of the next ones there too.
     assert_eq!(runs(&blocking), (0.0, 20.0));
     let (on_worker, handed_off) = runs(&inline);
+    let (on_worker, handed_off) = (on_worker - before.0, handed_off - before.1);
     assert_eq!(on_worker + handed_off, 20.0);
     assert!(on_worker >= 10.0, "{on_worker} of 20 ran inline");
 
