@@ -168,6 +168,18 @@ pub enum DownloadError {
         /// The last failure.
         last: String,
     },
+    /// The server's TLS certificate does not verify (unknown CA, wrong host name, expired):
+    /// another attempt would not change that, so the download ends at once.
+    #[error(
+        "TLS with {host}: the server's certificate is not trusted ({reason}); add its CA to \
+         the system store or point SSL_CERT_FILE at it"
+    )]
+    Certificate {
+        /// `host:port`.
+        host: String,
+        /// What the TLS library said.
+        reason: String,
+    },
     /// Without a given size, the server did not say how large the file is.
     #[error("the server sent no Content-Length; give the bundle's size")]
     UnknownSize,
@@ -599,18 +611,18 @@ async fn request(
         .body(Empty::<Bytes>::new())
         .map_err(|e| AttemptError::retry(format!("cannot build the request: {e}")))?;
     let connect = async {
-        let tcp = TcpStream::connect((bare_host, port))
-            .await
-            .map_err(|e| format!("cannot connect to {bare_host}:{port}: {e}"))?;
+        let tcp = TcpStream::connect((bare_host, port)).await.map_err(|e| {
+            AttemptError::retry(format!("cannot connect to {bare_host}:{port}: {e}"))
+        })?;
         let _ = tcp.set_nodelay(true);
         if https {
             let stream = tls
                 .connect(bare_host, tcp)
                 .await
-                .map_err(|e| format!("TLS with {bare_host}:{port}: {e}"))?;
-            send(stream, req).await
+                .map_err(|e| tls_failure(&format!("{bare_host}:{port}"), &e.to_string()))?;
+            send(stream, req).await.map_err(AttemptError::retry)
         } else {
-            send(tcp, req).await
+            send(tcp, req).await.map_err(AttemptError::retry)
         }
     };
     match tokio::time::timeout(options.connect_timeout + options.read_timeout, connect).await {
@@ -618,8 +630,21 @@ async fn request(
             "no answer from {bare_host}:{port} within {} s",
             (options.connect_timeout + options.read_timeout).as_secs()
         ))),
-        Ok(Err(e)) => Err(AttemptError::retry(e)),
-        Ok(Ok(r)) => Ok(r),
+        Ok(result) => result,
+    }
+}
+
+/// A failed TLS handshake: final when the certificate does not verify, retried otherwise (a
+/// connection cut during the handshake). native-tls uses OpenSSL on Linux, whose reason for
+/// every verification failure (unknown CA, host name, dates) is "certificate verify failed".
+fn tls_failure(host: &str, message: &str) -> AttemptError {
+    if message.contains("certificate verify failed") {
+        AttemptError::fatal(DownloadError::Certificate {
+            host: host.to_owned(),
+            reason: message.to_owned(),
+        })
+    } else {
+        AttemptError::retry(format!("TLS with {host}: {message}"))
     }
 }
 
@@ -728,6 +753,26 @@ pub fn part_path(dir: &Path, sha256: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_untrusted_certificate_ends_the_download_other_tls_failures_are_retried() {
+        let verify = "error:0A000086:SSL routines:tls_post_process_server_certificate:\
+                      certificate verify failed:../ssl/statem/statem_clnt.c:1889: \
+                      (unable to get local issuer certificate)";
+        let e = tls_failure("h:443", verify);
+        assert!(e.permanent);
+        assert!(matches!(e.error, DownloadError::Certificate { .. }));
+        assert!(e.error.to_string().starts_with(
+            "TLS with h:443: the server's certificate is not trusted (error:0A000086"
+        ));
+        let reset = tls_failure("h:443", "connection reset by peer");
+        assert!(!reset.permanent);
+        assert_eq!(
+            reset.error.to_string(),
+            "download gave up after 0 failed attempts without progress; last: TLS with \
+             h:443: connection reset by peer"
+        );
+    }
 
     #[test]
     fn content_range_and_redirects() {
