@@ -337,7 +337,6 @@ fn in_process(dir: &Path, bundle: &Path, b: &Bench, rounds: usize) -> (InProcess
             series.push(us(total) / runs);
         }
     }
-    drop(state);
     let [r, s, g, j] = per_round;
     let figures = InProcess {
         raw: median(r),

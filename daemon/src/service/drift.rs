@@ -660,17 +660,15 @@ mod tests {
             tx,
         );
         let t0 = Instant::now();
-        // Five windows of 20 requests: the usual rate.
-        for w in 0..5u64 {
-            for i in 0..20u64 {
-                monitor.request(
-                    "m",
-                    "1",
-                    "d",
-                    t0 + WINDOW * w as u32 + Duration::from_millis(i),
-                );
+        // 20 requests in each of the windows: the usual rate.
+        let usual = |windows: std::ops::Range<u32>| {
+            for w in windows {
+                for i in 0..20u64 {
+                    monitor.request("m", "1", "d", t0 + WINDOW * w + Duration::from_millis(i));
+                }
             }
-        }
+        };
+        usual(0..5);
         assert!(drain(&mut rx).is_empty());
         // Then 300 in one window: one event, not 250.
         for i in 0..300u64 {
@@ -682,16 +680,7 @@ mod tests {
         assert_eq!(events[0].details["window_seconds"], 10);
         assert!(events[0].details["requests_in_window"].as_u64().unwrap() >= 50);
         // The next windows are quiet again; a later spike is a new episode.
-        for w in 6..9u64 {
-            for i in 0..20u64 {
-                monitor.request(
-                    "m",
-                    "1",
-                    "d",
-                    t0 + WINDOW * w as u32 + Duration::from_millis(i),
-                );
-            }
-        }
+        usual(6..9);
         assert!(drain(&mut rx).is_empty());
         for i in 0..2000u64 {
             monitor.request("m", "1", "d", t0 + WINDOW * 9 + Duration::from_millis(i));
