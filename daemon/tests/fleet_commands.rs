@@ -17,11 +17,11 @@ mod support_http;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mint_updater::{OperatorKey, Updater};
 use mintd::fleet::command::{self, Payload, TargetField};
-use mintd::fleet::dispatch::{Dispatcher, DispatcherConfig, BROADCAST_TOPIC};
+use mintd::fleet::dispatch::{Dispatcher, DispatcherConfig, ResultSink, BROADCAST_TOPIC};
 use mintd::fleet::download;
 use mintd::service::registry::Registry;
 use serde_json::{json, Value};
@@ -70,7 +70,7 @@ async fn device(ws: Workspace) -> Device {
     let results = Arc::new(Mutex::new(Vec::new()));
     let sink = {
         let results = results.clone();
-        Arc::new(move |v: Value| results.lock().unwrap().push(v))
+        ResultSink::Callback(Arc::new(move |v: Value| results.lock().unwrap().push(v)))
     };
     let mut dc = DispatcherConfig::from_config(&c).expect("fleet keys");
     dc.download = download::Options {
@@ -410,7 +410,7 @@ async fn the_replay_cache_survives_a_restart() {
         let dispatcher = Dispatcher::new(
             DispatcherConfig::from_config(&c).unwrap(),
             Arc::new(updater),
-            Arc::new(|_| {}),
+            ResultSink::Callback(Arc::new(|_| {})),
         );
         dispatcher.set_report(Arc::new(|| {}));
         let r = dispatcher
@@ -462,7 +462,7 @@ async fn remote_install(faults: Faults, https: bool) -> (Device, FileServer, Val
         let dispatcher = Dispatcher::new(
             dc,
             d.updater.clone(),
-            Arc::new(move |v: Value| results.lock().unwrap().push(v)),
+            ResultSink::Callback(Arc::new(move |v: Value| results.lock().unwrap().push(v))),
         );
         let d = Device { dispatcher, ..d };
         p.nonce = nonce();
@@ -476,6 +476,111 @@ async fn remote_install(faults: Faults, https: bool) -> (Device, FileServer, Val
     assert_eq!(r["details"]["size"], bytes.len());
     let done = d.final_result(&p.nonce, Duration::from_secs(60)).await;
     (d, server, done)
+}
+
+/// The daemon's sink: the final result of an install goes into the link's durable outbox in
+/// the transaction that forgets the command, so there is no moment where the command is
+/// forgotten but its result not yet stored (a crash there lost the result before). Watched
+/// from outside while the install runs, then read back from a reopened database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_final_result_is_stored_with_the_end_of_its_command() {
+    let ws = Workspace::new();
+    let bundle = ws.bundle("m", "1", 1).golden("auto:64").create();
+    let bytes = std::fs::read(&bundle).unwrap();
+    let d = device(ws).await;
+    let server = FileServer::start(bytes.clone(), Faults::default()).await;
+    let (handle, _inbox) = mintd::fleet::FleetHandle::new(DEVICE);
+    let bounds = mint_updater::state::OutboxBounds {
+        max_messages: 1000,
+        max_bytes: 1 << 20,
+    };
+    let mut d = d;
+    // Replaces (and drops) the dispatcher of `device`, whose sink is a callback.
+    d.dispatcher = Dispatcher::new(
+        DispatcherConfig::from_config(&config(&d.ws)).unwrap(),
+        d.updater.clone(),
+        ResultSink::Outbox {
+            handle: handle.clone(),
+            bounds,
+        },
+    );
+    let p = payload(
+        "install",
+        json!({"url": server.url(false), "sha256": sha256_hex(&bytes), "size": bytes.len()}),
+        DEVICE,
+    );
+    let r = d.send(&d.sign(&p)).await.unwrap();
+    assert_eq!(r["status"], "accepted", "{r}");
+    let state = d.updater.state();
+    let stored_result = |nonce: &str| -> Option<Value> {
+        state
+            .outbox_peek(0, 1000)
+            .unwrap()
+            .into_iter()
+            .filter(|(_, m)| m.destination == format!("mint/v1/{DEVICE}/cmd/result"))
+            .map(|(_, m)| serde_json::from_slice::<Value>(&m.payload).unwrap())
+            .find(|v| v["nonce"] == nonce)
+    };
+    let pending = || {
+        !mintd::fleet::replay::jobs(state.database())
+            .unwrap()
+            .is_empty()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        // A stored result means the job is gone, and a job gone means its result is stored
+        // (each read after the other, since both only ever go one way).
+        let result = stored_result(&p.nonce);
+        let still_pending = pending();
+        if let Some(done) = result {
+            assert!(
+                !still_pending,
+                "the result is stored but the command is still pending"
+            );
+            break done;
+        }
+        let still_pending = still_pending || pending();
+        assert!(
+            still_pending || stored_result(&p.nonce).is_some(),
+            "the command was forgotten before its result was stored"
+        );
+        assert!(Instant::now() < deadline, "no result after 60 s");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["device"], DEVICE);
+    assert_eq!(done["command"], "install");
+    assert!(
+        d.results.lock().unwrap().is_empty(),
+        "not through the callback"
+    );
+    drop(server);
+
+    // The result is on disk: a new process (here: the database reopened) still has it.
+    let c = config(&d.ws);
+    let Device {
+        dispatcher,
+        updater,
+        ..
+    } = d;
+    drop(dispatcher);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(updater);
+    let reopened = tokio::task::spawn_blocking(move || {
+        mintd::service::open_updater(&c, Arc::new(Registry::default())).unwrap()
+    })
+    .await
+    .unwrap();
+    let again: Vec<Value> = reopened
+        .state()
+        .outbox_peek(0, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|(_, m)| serde_json::from_slice::<Value>(&m.payload).unwrap())
+        .filter(|v| v["nonce"] == p.nonce.as_str())
+        .collect();
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0], done);
 }
 
 fn assert_installed(d: &Device, done: &Value) {

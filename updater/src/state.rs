@@ -246,7 +246,21 @@ impl StateDb {
         bounds: OutboxBounds,
         cursor: Option<(&str, u64)>,
     ) -> Result<OutboxPush, StateError> {
+        self.outbox_push_and(messages, bounds, cursor, |_| Ok(()))
+    }
+
+    /// [`StateDb::outbox_push`], with `also` run in the same transaction: whatever it writes
+    /// (in tables of the caller's own) becomes durable exactly when the messages do, or not at
+    /// all. The fleet dispatcher forgets a finished command and stores its result this way.
+    pub fn outbox_push_and(
+        &self,
+        messages: &[OutboxMessage],
+        bounds: OutboxBounds,
+        cursor: Option<(&str, u64)>,
+        also: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<OutboxPush, StateError> {
         self.write("storing outbox messages", |txn| {
+            also(txn)?;
             let mut meta = txn.open_table(META)?;
             let mut table = txn.open_table(OUTBOX)?;
             let get = |meta: &redb::Table<&str, i64>, key: &str| -> Result<u64, redb::Error> {

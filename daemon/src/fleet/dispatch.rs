@@ -28,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use mint_updater::lifecycle::severity;
+use mint_updater::state::{OutboxBounds, OutboxMessage};
 use mint_updater::{InstallOutcome, LifecycleEvent, TrustStore, UpdateError, Updater};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -45,9 +46,22 @@ pub const REFUSAL_BURST: f64 = 20.0;
 /// Directory of partial downloads under the state directory.
 pub const DOWNLOADS_DIR: &str = "downloads";
 
-/// Where results produced after `handle` returned go (the fleet link publishes them on
-/// `cmd/result`).
-pub type ResultSink = Arc<dyn Fn(Value) + Send + Sync>;
+/// Where results produced after `handle` returned go: the final result of an `install`.
+#[derive(Clone)]
+pub enum ResultSink {
+    /// The daemon: the result is stored in the fleet link's durable outbox (for
+    /// `cmd/result`) in the same transaction that forgets the finished command. A crash
+    /// loses neither: before that commit the command is resumed after a restart (and
+    /// answers again), after it the result is delivered.
+    Outbox {
+        /// The link to wake and the topics.
+        handle: super::FleetHandle,
+        /// The outbox's bounds (`mqtt.outbox_max_*`).
+        bounds: OutboxBounds,
+    },
+    /// Tools and tests: the command is forgotten, then the result handed to the function.
+    Callback(Arc<dyn Fn(Value) + Send + Sync>),
+}
 /// Republishes status and inventory now (the fleet link's trigger).
 pub type ReportTrigger = Arc<dyn Fn() + Send + Sync>;
 
@@ -221,20 +235,9 @@ impl Dispatcher {
         })
     }
 
-    /// A result sink that queues results on the link's `cmd/result` topic (call inside a
-    /// tokio runtime; results are queued from a task of that runtime).
-    pub fn link_sink(handle: super::FleetHandle) -> ResultSink {
-        let runtime = tokio::runtime::Handle::current();
-        Arc::new(move |result: Value| {
-            let handle = handle.clone();
-            runtime.spawn(async move {
-                let topic = handle.topics().cmd_result();
-                let bytes = serde_json::to_vec(&result).unwrap_or_default();
-                if handle.publish(topic, bytes).await.is_err() {
-                    tracing::warn!("command result dropped: the MQTT link is stopped");
-                }
-            });
-        })
+    /// The daemon's result sink: the link's outbox (see [`ResultSink::Outbox`]).
+    pub fn link_sink(handle: super::FleetHandle, bounds: OutboxBounds) -> ResultSink {
+        ResultSink::Outbox { handle, bounds }
     }
 
     /// This device's command topic.
@@ -534,15 +537,55 @@ async fn worker(inner: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<P
             return;
         };
         let result = run_install(&inner, &job).await;
-        let updater = inner.updater.clone();
-        let key = job.key.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Err(e) = replay::remove_job(updater.state().database(), &key) {
-                tracing::error!(error = %e, "cannot remove a finished install");
+        finish(&inner, job.key.clone(), result).await;
+    }
+}
+
+/// Forgets a finished command and delivers its final result (see [`ResultSink`]).
+async fn finish(inner: &Arc<Inner>, key: String, result: Value) {
+    let updater = inner.updater.clone();
+    match &inner.results {
+        ResultSink::Outbox { handle, bounds } => {
+            let message = OutboxMessage {
+                destination: handle.topics().cmd_result(),
+                payload: serde_json::to_vec(&result).unwrap_or_default(),
+            };
+            let bounds = *bounds;
+            let stored = tokio::task::spawn_blocking(move || {
+                updater
+                    .state()
+                    .outbox_push_and(&[message], bounds, None, |txn| {
+                        replay::remove_job_in(txn, &key)
+                    })
+            })
+            .await;
+            match stored {
+                Ok(Ok(_)) => handle.stored(),
+                Ok(Err(e)) => {
+                    // Nothing was written: the command stays pending and is resumed (and
+                    // answered) after a restart; the result still goes out now if it can.
+                    tracing::error!(error = %e, "cannot store a command's result with its end");
+                    let bytes = serde_json::to_vec(&result).unwrap_or_default();
+                    if handle
+                        .publish(handle.topics().cmd_result(), bytes)
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!("command result dropped: the MQTT link is stopped");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "the result task failed"),
             }
-        })
-        .await;
-        (inner.results)(result);
+        }
+        ResultSink::Callback(deliver) => {
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Err(e) = replay::remove_job(updater.state().database(), &key) {
+                    tracing::error!(error = %e, "cannot remove a finished install");
+                }
+            })
+            .await;
+            deliver(result);
+        }
     }
 }
 

@@ -197,6 +197,7 @@ pub type CommandHandler = Arc<dyn Fn(String, Vec<u8>) -> CommandFuture + Send + 
 #[derive(Clone, Debug)]
 pub struct FleetHandle {
     report: Arc<Notify>,
+    stored: Arc<Notify>,
     queue: mpsc::Sender<OutboxMessage>,
     topics: Topics,
 }
@@ -205,6 +206,7 @@ pub struct FleetHandle {
 #[derive(Debug)]
 pub struct FleetInbox {
     report: Arc<Notify>,
+    stored: Arc<Notify>,
     queue: mpsc::Receiver<OutboxMessage>,
 }
 
@@ -217,14 +219,20 @@ impl FleetHandle {
     /// A handle and the inbox the link reads.
     pub fn new(device: &str) -> (FleetHandle, FleetInbox) {
         let report = Arc::new(Notify::new());
+        let stored = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel(8192);
         (
             FleetHandle {
                 report: report.clone(),
+                stored: stored.clone(),
                 queue: tx,
                 topics: Topics::new(device),
             },
-            FleetInbox { report, queue: rx },
+            FleetInbox {
+                report,
+                stored,
+                queue: rx,
+            },
         )
     }
 
@@ -236,6 +244,13 @@ impl FleetHandle {
     /// The device's topics.
     pub fn topics(&self) -> &Topics {
         &self.topics
+    }
+
+    /// Tells the link that messages were stored in the outbox directly (in a transaction of
+    /// the caller's, see `StateDb::outbox_push_and`): it sends them without waiting for its
+    /// next turn.
+    pub fn stored(&self) {
+        self.stored.notify_one();
     }
 
     /// Queues a message for the outbox; it is durable once the link stored it (within one
@@ -382,6 +397,7 @@ impl Driver {
         let mut telemetry = tokio::time::interval(self.settings.telemetry_interval);
         telemetry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let report = self.inbox.report.clone();
+        let stored = self.inbox.stored.clone();
         let (_, idle_queue) = mpsc::channel(1);
         let mut queue = std::mem::replace(&mut self.inbox.queue, idle_queue);
         let mut queue_open = true;
@@ -475,6 +491,10 @@ impl Driver {
                     if let Some(s) = session.as_mut().filter(|s| s.connected) {
                         self.publish_status(s);
                     }
+                }
+                _ = stored.notified() => {
+                    // Picked up by `fill` at the top of the loop.
+                    self.dirty = true;
                 }
                 _ = report.notified() => {
                     if let Some(s) = session.as_mut().filter(|s| s.connected) {

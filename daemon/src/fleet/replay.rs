@@ -143,9 +143,15 @@ pub fn put_job(db: &Database, key: &str, json: &str) -> Result<(), ReplayError> 
 /// Removes a finished job.
 pub fn remove_job(db: &Database, key: &str) -> Result<(), ReplayError> {
     write(db, "removing a finished command", |txn| {
-        txn.open_table(JOBS)?.remove(key)?;
-        Ok(())
+        remove_job_in(txn, key)
     })
+}
+
+/// Removes the pending job `key` within the caller's transaction (see
+/// `StateDb::outbox_push_and`: the job goes in the transaction that stores its result).
+pub fn remove_job_in(txn: &redb::WriteTransaction, key: &str) -> Result<(), redb::Error> {
+    txn.open_table(JOBS)?.remove(key)?;
+    Ok(())
 }
 
 /// Every pending job, by key (oldest first when keys start with a zero-padded time).
