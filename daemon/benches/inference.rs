@@ -8,11 +8,13 @@
 //! `BENCH_PYTHON` (python with onnxruntime; part C is skipped without it), `BENCH_PARTS`
 //! (which parts to run, default `ABC`), `BENCH_MINTD_API` (more lines for the daemon's `[api]`
 //! section, e.g. `inline_max_us = 0`), `BENCH_PIN` (0: part B without pinning the server and
-//! the generator to separate CPUs).
+//! the generator to separate CPUs), `BENCH_MODELS` (comma-separated, default `mlp,convnet`).
 //!
-//! A. In process, on one thread: the guarded path of the API (`infer::parse_request` +
-//!    `infer::run`: parse, the manifest's checks, tract, output sanity, drift statistics, the
-//!    encoded answer) against tract's own `run` on the same model and input.
+//! A. In process, on one thread, against tract's own `run` on the same model and input: the
+//!    guard alone (`infer::guarded_run`: the manifest's checks, the deadline, tract through the
+//!    engine with panics contained, output sanity, drift statistics; tensors in and out like
+//!    raw tract), and the whole request (`infer::parse_request` + `infer::run`: the same plus
+//!    decoding the request and encoding the answer).
 //! B. End to end over the Unix socket against the release `mintd`: latency added over raw
 //!    tract at low load (one connection), saturation throughput (closed loop), the highest
 //!    rate an open loop sustains (bisection), then p50/p99 of an open-loop load at 80 % of it
@@ -235,7 +237,9 @@ struct InProcess {
     raw: f64,
     /// tract with one run state reused from run to run (`SimpleState::run`), its fastest path.
     raw_reused: f64,
-    /// The guarded path, binary tensor extension.
+    /// The guard alone (`infer::guarded_run`): tensors in, tensors out, like raw tract.
+    tensors: f64,
+    /// The whole request: decoded from the binary tensor extension, guarded, encoded.
     binary: f64,
     /// The guarded path, v2 JSON.
     json: f64,
@@ -271,6 +275,24 @@ fn in_process(dir: &Path, bundle: &Path, b: &Bench, rounds: usize) -> (InProcess
             .run(tvec![input.clone().into_tvalue()])
             .unwrap();
         std::hint::black_box(out);
+    };
+    // What a client hands over in process: name, datatype, shape and the values' bytes.
+    let sent = vec![infer::RequestInput {
+        name: b.input.into(),
+        datatype: "FP32".into(),
+        shape: b.shape.iter().map(|&d| d as i64).collect(),
+        data: infer::InputData::Binary(Bytes::from(
+            b.values()
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        )),
+    }];
+    let guarded_tensors = || {
+        let deadline = Instant::now() + budget;
+        let outputs = infer::guarded_run(&model, b.name, &sent, deadline, budget, &started, &drift)
+            .unwrap_or_else(|r| panic!("guarded inference refused: {}", r.message));
+        std::hint::black_box(outputs);
     };
     let guarded = |body: &Bytes, header: Option<&str>| {
         let request = infer::parse_request(body.clone(), header, infer::MAX_JSON_BYTES).unwrap();
@@ -308,21 +330,43 @@ fn in_process(dir: &Path, bundle: &Path, b: &Bench, rounds: usize) -> (InProcess
         b.name
     );
 
-    for _ in 0..b.iterations / 4 {
-        raw();
-        raw_reused();
-        guarded(&binary, Some(header_length.as_str()));
-        guarded(&json, None);
-    }
-    // The four take turns in short blocks (100 MLP runs, one convnet run), so that a change
-    // of the machine's speed during a round touches all of them alike.
+    let tensors_answer = infer::guarded_run(
+        &model,
+        b.name,
+        &sent,
+        Instant::now() + budget,
+        budget,
+        &started,
+        &drift,
+    )
+    .unwrap();
+    assert_eq!(
+        tensors_answer[0].2.to_le_bytes(),
+        expected,
+        "{}: guarded (tensors) != raw",
+        b.name
+    );
+
     let guarded_binary = || guarded(&binary, Some(header_length.as_str()));
     let guarded_json = || guarded(&json, None);
-    let paths: [&dyn Fn(); 4] = [&raw, &raw_reused, &guarded_binary, &guarded_json];
+    let paths: [&dyn Fn(); 5] = [
+        &raw,
+        &raw_reused,
+        &guarded_tensors,
+        &guarded_binary,
+        &guarded_json,
+    ];
+    for _ in 0..b.iterations / 5 {
+        for f in paths {
+            f();
+        }
+    }
+    // The five take turns in short blocks (100 MLP runs, one convnet run), so that a change
+    // of the machine's speed during a round touches all of them alike.
     let block = (b.iterations / 200).max(1);
-    let mut per_round: [Vec<f64>; 4] = Default::default();
+    let mut per_round: [Vec<f64>; 5] = Default::default();
     for _ in 0..rounds {
-        let mut totals = [Duration::ZERO; 4];
+        let mut totals = [Duration::ZERO; 5];
         for _ in 0..b.iterations / block {
             for (total, f) in totals.iter_mut().zip(paths) {
                 let t = Instant::now();
@@ -337,10 +381,11 @@ fn in_process(dir: &Path, bundle: &Path, b: &Bench, rounds: usize) -> (InProcess
             series.push(us(total) / runs);
         }
     }
-    let [r, s, g, j] = per_round;
+    let [r, s, t, g, j] = per_round;
     let figures = InProcess {
         raw: median(r),
         raw_reused: median(s),
+        tensors: median(t),
         binary: median(g),
         json: median(j),
     };
@@ -758,7 +803,7 @@ fn main() {
     mintctl(dir, &["key", "gen", "--out", "op"]);
     fs::create_dir(dir.join("trust")).unwrap();
     fs::copy(dir.join("op.pub"), dir.join("trust/op.pub")).unwrap();
-    let benches = [
+    let mut benches = vec![
         Bench {
             name: "mlp",
             file: "mlp.onnx",
@@ -774,6 +819,13 @@ fn main() {
             iterations: 100,
         },
     ];
+    if let Ok(models) = std::env::var("BENCH_MODELS") {
+        benches.retain(|b| models.split(',').any(|m| m.trim() == b.name));
+        assert!(
+            !benches.is_empty(),
+            "BENCH_MODELS={models}: no such model (mlp, convnet)"
+        );
+    }
     let bundles: Vec<PathBuf> = benches.iter().map(|b| bundle(dir, b)).collect();
     println!(
         "inference bench: {} cores, BENCH_SECS={secs} BENCH_ROUNDS={rounds} \
@@ -787,34 +839,37 @@ fn main() {
     println!("\nA. in process, one thread (median of {rounds} rounds, µs per inference)");
     println!(
         "(raw = tract's plan.run; reused = tract with one run state kept from run to run; \
-         ratios of the guarded path to each)"
+         guarded = the guard alone, tensors in and out (infer::guarded_run); request = the \
+         same plus decoding the request and encoding the answer, binary extension or JSON; \
+         ratios to raw and to reused)"
     );
     println!(
-        "{:<8} {:>10} {:>10} {:>14} {:>9} {:>11} {:>14} {:>9} {:>11}",
+        "{:<8} {:>9} {:>9} {:>9} {:>15} {:>9} {:>15} {:>9} {:>15}",
         "model",
         "raw",
         "reused",
-        "guarded (bin)",
-        "/ raw",
-        "/ reused",
-        "guarded (json)",
-        "/ raw",
-        "/ reused"
+        "guarded",
+        "/ raw, reused",
+        "req bin",
+        "/ raw, reused",
+        "req json",
+        "/ raw, reused"
     );
     let mut raws = Vec::new();
     for (b, bundle) in benches.iter().zip(&bundles) {
         let (f, runner) = in_process(dir, bundle, b, rounds);
+        let ratios = |x: f64| format!("{:.3}x {:.3}x", x / f.raw, x / f.raw_reused);
         println!(
-            "{:<8} {:>10.1} {:>10.1} {:>14.1} {:>8.3}x {:>10.3}x {:>14.1} {:>8.3}x {:>10.3}x",
+            "{:<8} {:>9.2} {:>9.2} {:>9.2} {:>15} {:>9.2} {:>15} {:>9.2} {:>15}",
             b.name,
             f.raw,
             f.raw_reused,
+            f.tensors,
+            ratios(f.tensors),
             f.binary,
-            f.binary / f.raw,
-            f.binary / f.raw_reused,
+            ratios(f.binary),
             f.json,
-            f.json / f.raw,
-            f.json / f.raw_reused
+            ratios(f.json),
         );
         raws.push(runner);
     }

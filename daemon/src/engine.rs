@@ -182,7 +182,7 @@ impl Engine {
                 .iter()
                 .position(|(name, _)| *name == spec.name)
                 .ok_or_else(|| EngineError::Inputs(format!("missing input {:?}", spec.name)))?;
-            ordered.push(inputs.swap_remove(at).1.into_tvalue());
+            ordered.push(inputs.swap_remove(at).1);
         }
         if !inputs.is_empty() {
             return Err(EngineError::Inputs(format!(
@@ -190,17 +190,31 @@ impl Engine {
                 self.inputs.len()
             )));
         }
-        let started = Instant::now();
-        let outputs = self
-            .execute(ordered)
-            .map_err(|e| EngineError::Run(format!("{e:#}")))?;
-        self.observe_run(started.elapsed());
         Ok(self
             .outputs
             .iter()
-            .zip(outputs)
-            .map(|(spec, t)| (spec.name.clone(), t.into_tensor()))
+            .zip(self.run_ordered(ordered)?)
+            .map(|(spec, t)| (spec.name.clone(), t))
             .collect())
+    }
+
+    /// Runs one inference on inputs in the model's order ([`Engine::inputs`]); returns the
+    /// outputs in the model's order ([`Engine::outputs`]). The guarded path, which has
+    /// matched the names already.
+    pub fn run_ordered(&self, inputs: TVec<Tensor>) -> Result<TVec<Tensor>, EngineError> {
+        if inputs.len() != self.inputs.len() {
+            return Err(EngineError::Inputs(format!(
+                "{} inputs given, the model has {}",
+                inputs.len(),
+                self.inputs.len()
+            )));
+        }
+        let started = Instant::now();
+        let outputs = self
+            .execute(inputs.into_iter().map(Tensor::into_tvalue).collect())
+            .map_err(|e| EngineError::Run(format!("{e:#}")))?;
+        self.observe_run(started.elapsed());
+        Ok(outputs.into_iter().map(TValue::into_tensor).collect())
     }
 }
 

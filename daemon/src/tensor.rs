@@ -302,18 +302,30 @@ impl TensorData {
         self.len() == 0
     }
 
-    /// Element `index` as f64 (booleans as 0 and 1), for range and sanity checks.
-    pub fn get_f64(&self, index: usize) -> Option<f64> {
-        Some(match self {
-            TensorData::Bool(v) => f64::from(u8::from(*v.get(index)?)),
-            TensorData::U8(v) => f64::from(*v.get(index)?),
-            TensorData::I8(v) => f64::from(*v.get(index)?),
-            TensorData::I16(v) => f64::from(*v.get(index)?),
-            TensorData::I32(v) => f64::from(*v.get(index)?),
-            TensorData::I64(v) => *v.get(index)? as f64,
-            TensorData::F32(v) => f64::from(*v.get(index)?),
-            TensorData::F64(v) => *v.get(index)?,
-        })
+    /// The first element outside `[low, high]` (as f64; NaN is outside), with its index: one
+    /// typed pass, for the declared ranges of the manifest.
+    pub fn first_outside(&self, low: f64, high: f64) -> Option<(usize, f64)> {
+        fn find<T: Copy>(
+            v: &[T],
+            low: f64,
+            high: f64,
+            f: impl Fn(T) -> f64,
+        ) -> Option<(usize, f64)> {
+            v.iter()
+                .map(|&x| f(x))
+                .enumerate()
+                .find(|&(_, x)| !(low..=high).contains(&x))
+        }
+        match self {
+            TensorData::Bool(v) => find(v, low, high, |x| f64::from(u8::from(x))),
+            TensorData::U8(v) => find(v, low, high, f64::from),
+            TensorData::I8(v) => find(v, low, high, f64::from),
+            TensorData::I16(v) => find(v, low, high, f64::from),
+            TensorData::I32(v) => find(v, low, high, f64::from),
+            TensorData::I64(v) => find(v, low, high, |x| x as f64),
+            TensorData::F32(v) => find(v, low, high, f64::from),
+            TensorData::F64(v) => find(v, low, high, |x| x),
+        }
     }
 
     /// Count, sum and sum of squares of the elements as f64 (booleans as 0 and 1), for the
@@ -406,19 +418,32 @@ impl TensorData {
 
     /// Encodes as little-endian, row-major bytes (the binary tensor extension).
     pub fn to_le_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.byte_len());
+        self.write_le_bytes(&mut out);
+        out
+    }
+
+    /// Bytes of [`TensorData::to_le_bytes`], without making them.
+    pub fn byte_len(&self) -> usize {
+        self.len() * self.datatype().size()
+    }
+
+    /// Appends [`TensorData::to_le_bytes`] to `out`.
+    pub fn write_le_bytes(&self, out: &mut Vec<u8>) {
+        out.reserve(self.byte_len());
         match self {
-            TensorData::Bool(v) => v.iter().map(|&b| u8::from(b)).collect(),
-            TensorData::U8(v) => v.clone(),
-            TensorData::I8(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            TensorData::I16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            TensorData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            TensorData::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            TensorData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            TensorData::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::Bool(v) => out.extend(v.iter().map(|&b| u8::from(b))),
+            TensorData::U8(v) => out.extend_from_slice(v),
+            TensorData::I8(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+            TensorData::I16(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+            TensorData::I32(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+            TensorData::I64(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+            TensorData::F32(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+            TensorData::F64(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
         }
     }
 
-    /// A tract tensor of this shape (the vector is moved, not copied).
+    /// A tract tensor of this shape (one copy, into tract's aligned buffer).
     pub fn into_tract(self, name: &str, shape: &[usize]) -> Result<Tensor, TensorError> {
         let expected = shape.iter().map(|&d| d as u128).product::<u128>();
         let got = self.len();
@@ -431,10 +456,7 @@ impl TensorData {
         if expected != got as u128 {
             return Err(count());
         }
-        let dims = tract_onnx::prelude::tract_ndarray::IxDyn(shape);
-        each_variant!(self, v => tract_onnx::prelude::tract_ndarray::ArrayD::from_shape_vec(dims, v)
-            .map(Tensor::from)
-            .map_err(|_| count()))
+        each_variant!(self, v => Tensor::from_shape(shape, &v).map_err(|_| count()))
     }
 
     /// The values of a tract tensor (`Err` for element types without a v2 datatype).
@@ -447,11 +469,10 @@ impl TensorData {
             ($t:ty, $variant:ident) => {
                 TensorData::$variant(
                     tensor
-                        .to_plain_array_view::<$t>()
+                        .try_as_plain_ram()
+                        .and_then(|view| view.as_slice::<$t>())
                         .map_err(|_| unsupported())?
-                        .iter()
-                        .copied()
-                        .collect(),
+                        .to_vec(),
                 )
             };
         }
@@ -476,5 +497,56 @@ impl TensorData {
 impl Serialize for TensorData {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         each_variant!(self, v => v.serialize(serializer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_value_outside_a_range_is_found_in_every_type() {
+        let f = TensorData::F32(vec![0.5, 1.0, 1.5, f32::NAN]);
+        assert_eq!(f.first_outside(-1.0, 1.0), Some((2, 1.5)));
+        let nan = TensorData::F32(vec![0.0, f32::NAN]);
+        assert!(matches!(nan.first_outside(-1.0, 1.0), Some((1, x)) if x.is_nan()));
+        assert_eq!(
+            TensorData::U8(vec![0, 9, 10]).first_outside(0.0, 9.0),
+            Some((2, 10.0))
+        );
+        assert_eq!(TensorData::I64(vec![-3, 3]).first_outside(-3.0, 3.0), None);
+        assert_eq!(
+            TensorData::Bool(vec![false, true]).first_outside(0.0, 0.0),
+            Some((1, 1.0))
+        );
+    }
+
+    #[test]
+    fn little_endian_bytes_round_trip_and_their_length_is_known_beforehand() {
+        for data in [
+            TensorData::F32(vec![1.5, -2.0]),
+            TensorData::I16(vec![-1, 300]),
+            TensorData::Bool(vec![true, false, true]),
+            TensorData::F64(vec![0.1]),
+        ] {
+            let bytes = data.to_le_bytes();
+            assert_eq!(bytes.len(), data.byte_len());
+            assert_eq!(
+                TensorData::from_le_bytes(data.datatype(), &bytes).unwrap(),
+                data
+            );
+            let mut appended = vec![7u8];
+            data.write_le_bytes(&mut appended);
+            assert_eq!(&appended[1..], &bytes[..]);
+        }
+    }
+
+    #[test]
+    fn tract_tensors_carry_the_same_values_both_ways() {
+        let data = TensorData::F32(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let tensor = data.clone().into_tract("x", &[2, 3]).unwrap();
+        assert_eq!(tensor.shape(), &[2, 3]);
+        assert_eq!(TensorData::from_tract("x", &tensor).unwrap(), data);
+        assert!(data.into_tract("x", &[4, 2]).is_err());
     }
 }

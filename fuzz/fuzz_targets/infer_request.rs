@@ -66,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
     if let Some(wanted) = &request.outputs {
         let _ = guard::check_requested_outputs(&outputs, wanted);
     }
-    match guard::check_inputs(&specs, &GuardSettings::default(), request.inputs) {
+    match guard::check_inputs(&specs, &GuardSettings::default(), &request.inputs) {
         Ok(checked) => {
             for c in &checked {
                 let count: usize = c.shape.iter().product();

@@ -181,6 +181,20 @@ struct ModelWatch {
 }
 
 impl ModelWatch {
+    /// Starts watching the reference's tensors, once a reference is known.
+    fn watch_tensors(&mut self, reference: Option<&ReferenceStats>) {
+        if self.tensors.is_empty() {
+            if let Some(r) = reference {
+                self.tensors = r
+                    .inputs
+                    .iter()
+                    .map(|t| TensorWatch::new(Side::Input, t))
+                    .chain(r.outputs.iter().map(|t| TensorWatch::new(Side::Output, t)))
+                    .collect();
+            }
+        }
+    }
+
     fn score(&self) -> Option<(f64, &TensorWatch)> {
         self.tensors
             .iter()
@@ -244,11 +258,17 @@ impl DriftMonitor {
     pub fn request(&self, name: &str, version: &str, digest: &str, now: Instant) {
         let spike = {
             let mut models = self.lock();
-            let watch = Self::entry(&mut models, name, version, digest, None, now);
-            watch.rate.observe(
-                now,
+            let (factor, min) = (
                 self.config.rate_spike_factor,
                 self.config.rate_spike_min_requests,
+            );
+            Self::with_watch(
+                &mut models,
+                name,
+                (version, digest),
+                None,
+                || now,
+                |watch| watch.rate.observe(now, factor, min),
             )
         };
         if let Some((count, usual)) = spike {
@@ -284,25 +304,26 @@ impl DriftMonitor {
         };
         let change = {
             let mut models = self.lock();
-            let watch = Self::entry(
+            Self::with_watch(
                 &mut models,
                 name,
-                version,
-                digest,
+                (version, digest),
                 Some(reference),
-                Instant::now(),
-            );
-            watch.requests += 1;
-            for (side, tensor, moments) in tensors {
-                if let Some(t) = watch
-                    .tensors
-                    .iter_mut()
-                    .find(|t| t.side == *side && t.name == *tensor)
-                {
-                    t.observe(*moments);
-                }
-            }
-            self.judge(watch)
+                Instant::now,
+                |watch| {
+                    watch.requests += 1;
+                    for (side, tensor, moments) in tensors {
+                        if let Some(t) = watch
+                            .tensors
+                            .iter_mut()
+                            .find(|t| t.side == *side && t.name == *tensor)
+                        {
+                            t.observe(*moments);
+                        }
+                    }
+                    self.judge(watch)
+                },
+            )
         };
         if let Some(event) = change {
             self.emit(LifecycleEvent {
@@ -396,44 +417,41 @@ impl DriftMonitor {
         None
     }
 
-    fn entry<'a>(
-        models: &'a mut HashMap<String, ModelWatch>,
+    /// Runs `f` on the watch of `name` at `digest`; a new revision starts from scratch (its
+    /// reference and traffic are its own). Called on every request: one lookup when the
+    /// revision is known, and the name is copied only when a revision is first seen.
+    fn with_watch<R>(
+        models: &mut HashMap<String, ModelWatch>,
         name: &str,
-        version: &str,
-        digest: &str,
+        revision: (&str, &str),
         reference: Option<&ReferenceStats>,
-        now: Instant,
-    ) -> &'a mut ModelWatch {
-        // A new revision starts from scratch: its reference and traffic are its own.
-        // Called on every request: the name is copied only when a revision is first seen.
-        let fresh = models.get(name).is_none_or(|w| w.digest != digest);
-        if fresh {
-            models.insert(
-                name.to_owned(),
-                ModelWatch {
-                    digest: digest.to_owned(),
-                    version: version.to_owned(),
-                    tensors: Vec::new(),
-                    requests: 0,
-                    drifting: false,
-                    rate: RateWatch::new(now),
-                },
-            );
-        }
-        let watch = models
-            .get_mut(name)
-            .expect("the watch of this name was just checked or inserted");
-        if watch.tensors.is_empty() {
-            if let Some(r) = reference {
-                watch.tensors = r
-                    .inputs
-                    .iter()
-                    .map(|t| TensorWatch::new(Side::Input, t))
-                    .chain(r.outputs.iter().map(|t| TensorWatch::new(Side::Output, t)))
-                    .collect();
+        now: impl FnOnce() -> Instant,
+        f: impl FnOnce(&mut ModelWatch) -> R,
+    ) -> R {
+        let (version, digest) = revision;
+        if let Some(watch) = models.get_mut(name) {
+            if watch.digest == digest {
+                watch.watch_tensors(reference);
+                return f(watch);
             }
         }
-        watch
+        let watch = ModelWatch {
+            digest: digest.to_owned(),
+            version: version.to_owned(),
+            tensors: Vec::new(),
+            requests: 0,
+            drifting: false,
+            rate: RateWatch::new(now()),
+        };
+        let watch = match models.entry(name.to_owned()) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                e.insert(watch);
+                e.into_mut()
+            }
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(watch),
+        };
+        watch.watch_tensors(reference);
+        f(watch)
     }
 
     fn emit(&self, event: LifecycleEvent) {

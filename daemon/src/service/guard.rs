@@ -185,9 +185,9 @@ fn refuse<T>(reason: Reason, message: String) -> Result<T, Refusal> {
 
 /// An input that passed every check, ready for the engine.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CheckedInput {
-    /// Input name.
-    pub name: String,
+pub struct CheckedInput<'a> {
+    /// Input name (the request's).
+    pub name: &'a str,
     /// Shape.
     pub shape: Vec<usize>,
     /// Values.
@@ -198,11 +198,11 @@ pub struct CheckedInput {
 /// nothing else; then each input's datatype, shape (free dimensions `-1`, the batch at most
 /// `guard.max_batch`, no empty dimension), number of values, the values themselves (valid in
 /// the datatype, finite, inside the declared range).
-pub fn check_inputs(
+pub fn check_inputs<'a>(
     specs: &[TensorSpec],
     guard: &GuardSettings,
-    inputs: Vec<RequestInput>,
-) -> Result<Vec<CheckedInput>, Refusal> {
+    inputs: &'a [RequestInput],
+) -> Result<Vec<CheckedInput<'a>>, Refusal> {
     let expected = || {
         specs
             .iter()
@@ -241,7 +241,7 @@ pub fn check_inputs(
         }
     }
     inputs
-        .into_iter()
+        .iter()
         .map(|input| {
             let spec = specs
                 .iter()
@@ -252,11 +252,11 @@ pub fn check_inputs(
         .collect()
 }
 
-fn check_input(
+fn check_input<'a>(
     spec: &TensorSpec,
     guard: &GuardSettings,
-    input: RequestInput,
-) -> Result<CheckedInput, Refusal> {
+    input: &'a RequestInput,
+) -> Result<CheckedInput<'a>, Refusal> {
     let name = &input.name;
     let datatype = match DataType::from_name(&input.datatype) {
         Some(dt) => dt,
@@ -291,7 +291,7 @@ fn check_input(
                 format!("input {name:?}: shape {shape:?} has too many elements"),
             )
         })?;
-    let data = match input.data {
+    let data = match &input.data {
         InputData::Json(values) => {
             if values.len() != count {
                 return refuse(
@@ -302,7 +302,7 @@ fn check_input(
                     ),
                 );
             }
-            from_scalars(name, datatype, &values)?
+            from_scalars(name, datatype, values)?
         }
         InputData::Binary(bytes) => {
             let needed = count.checked_mul(datatype.size());
@@ -318,7 +318,7 @@ fn check_input(
                     ),
                 );
             }
-            TensorData::from_le_bytes(datatype, &bytes)
+            TensorData::from_le_bytes(datatype, bytes)
                 .map_err(|e| Refusal::new(Reason::Value, format!("input {name:?}: {e}")))?
         }
     };
@@ -331,21 +331,18 @@ fn check_input(
         );
     }
     if let Some([low, high]) = spec.range {
-        for index in 0..data.len() {
-            let value = data.get_f64(index).unwrap_or(f64::NAN);
-            if !(low..=high).contains(&value) {
-                return refuse(
-                    Reason::Range,
-                    format!(
-                        "input {name:?}: value #{index} = {value:?} is outside the declared range \
-                         [{low}, {high}]"
-                    ),
-                );
-            }
+        if let Some((index, value)) = data.first_outside(low, high) {
+            return refuse(
+                Reason::Range,
+                format!(
+                    "input {name:?}: value #{index} = {value:?} is outside the declared range \
+                     [{low}, {high}]"
+                ),
+            );
         }
     }
     Ok(CheckedInput {
-        name: input.name,
+        name: &input.name,
         shape,
         data,
     })
@@ -830,19 +827,16 @@ mod tests {
         }
     }
 
-    fn refused(r: Result<Vec<CheckedInput>, Refusal>) -> Refusal {
+    fn refused(r: Result<Vec<CheckedInput<'_>>, Refusal>) -> Refusal {
         r.expect_err("must be refused")
     }
 
     #[test]
     fn a_well_formed_input_passes_and_keeps_its_values() {
         let specs = [spec("x", &[-1, 2], Some([-1.0, 1.0]))];
-        let ok = check_inputs(
-            &specs,
-            &guard(8),
-            vec![input("x", &[2, 2], &[0.5, -1.0, 1.0, 0.0])],
-        )
-        .unwrap();
+        let sent = [input("x", &[2, 2], &[0.5, -1.0, 1.0, 0.0])];
+        let ok = check_inputs(&specs, &guard(8), &sent).unwrap();
+        assert_eq!(ok[0].name, "x");
         assert_eq!(ok[0].shape, vec![2, 2]);
         assert_eq!(ok[0].data, TensorData::F32(vec![0.5, -1.0, 1.0, 0.0]));
     }
@@ -853,7 +847,7 @@ mod tests {
         let r = refused(check_inputs(
             &specs,
             &guard(8),
-            vec![input("x", &[1, 1], &[0.0]), input("z", &[1, 1], &[0.0])],
+            &[input("x", &[1, 1], &[0.0]), input("z", &[1, 1], &[0.0])],
         ));
         assert_eq!(r.reason, Reason::InputName);
         assert!(
@@ -865,13 +859,13 @@ mod tests {
         let r = refused(check_inputs(
             &specs,
             &guard(8),
-            vec![input("x", &[1, 1], &[0.0]), input("x", &[1, 1], &[0.0])],
+            &[input("x", &[1, 1], &[0.0]), input("x", &[1, 1], &[0.0])],
         ));
         assert_eq!(r.message, "input \"x\" is given twice");
         let r = refused(check_inputs(
             &specs,
             &guard(8),
-            vec![input("x", &[1, 1], &[0.0])],
+            &[input("x", &[1, 1], &[0.0])],
         ));
         assert!(
             r.message.starts_with("missing input \"y\""),
@@ -886,14 +880,14 @@ mod tests {
         let specs = [spec("x", &[-1, 1], None)];
         let mut i = input("x", &[1, 1], &[0.0]);
         i.datatype = "INT32".into();
-        let r = refused(check_inputs(&specs, &guard(8), vec![i.clone()]));
+        let r = refused(check_inputs(&specs, &guard(8), &[i.clone()]));
         assert_eq!(r.reason, Reason::Datatype);
         assert_eq!(
             r.message,
             "input \"x\" has datatype INT32 but the model takes FP32"
         );
         i.datatype = "FLOAT".into();
-        let r = refused(check_inputs(&specs, &guard(8), vec![i]));
+        let r = refused(check_inputs(&specs, &guard(8), &[i]));
         assert!(
             r.message.contains("unknown datatype \"FLOAT\""),
             "{}",
@@ -907,7 +901,7 @@ mod tests {
         let r = refused(check_inputs(
             &specs,
             &guard(4),
-            vec![input("x", &[2], &[0.0, 0.0])],
+            &[input("x", &[2], &[0.0, 0.0])],
         ));
         assert_eq!(r.reason, Reason::Shape);
         assert_eq!(
@@ -917,14 +911,10 @@ mod tests {
         let r = refused(check_inputs(
             &specs,
             &guard(4),
-            vec![input("x", &[1, 3], &[0.0; 3])],
+            &[input("x", &[1, 3], &[0.0; 3])],
         ));
         assert_eq!(r.reason, Reason::Shape);
-        let r = refused(check_inputs(
-            &specs,
-            &guard(4),
-            vec![input("x", &[0, 2], &[])],
-        ));
+        let r = refused(check_inputs(&specs, &guard(4), &[input("x", &[0, 2], &[])]));
         assert!(
             r.message.contains("dimension 0 of shape [0, 2] is 0"),
             "{}",
@@ -933,13 +923,13 @@ mod tests {
         let r = refused(check_inputs(
             &specs,
             &guard(4),
-            vec![input("x", &[-3, 2], &[])],
+            &[input("x", &[-3, 2], &[])],
         ));
         assert_eq!(r.reason, Reason::Shape);
         let r = refused(check_inputs(
             &specs,
             &guard(4),
-            vec![input("x", &[5, 2], &[0.0; 10])],
+            &[input("x", &[5, 2], &[0.0; 10])],
         ));
         assert_eq!(r.reason, Reason::Batch);
         assert_eq!(
@@ -947,14 +937,14 @@ mod tests {
             "input \"x\": batch of 5 is above the model's max_batch of 4"
         );
         // At the limit, and 0 meaning "no limit in the manifest".
-        check_inputs(&specs, &guard(4), vec![input("x", &[4, 2], &[0.0; 8])]).unwrap();
-        check_inputs(&specs, &guard(0), vec![input("x", &[50, 2], &[0.0; 100])]).unwrap();
+        check_inputs(&specs, &guard(4), &[input("x", &[4, 2], &[0.0; 8])]).unwrap();
+        check_inputs(&specs, &guard(0), &[input("x", &[50, 2], &[0.0; 100])]).unwrap();
         // A fixed first dimension is not a batch.
         let fixed = [spec("x", &[1, 2], None)];
         let r = refused(check_inputs(
             &fixed,
             &guard(8),
-            vec![input("x", &[2, 2], &[0.0; 4])],
+            &[input("x", &[2, 2], &[0.0; 4])],
         ));
         assert_eq!(r.reason, Reason::Shape);
     }
@@ -965,7 +955,7 @@ mod tests {
         let r = refused(check_inputs(
             &specs,
             &guard(8),
-            vec![input("x", &[2, 2], &[0.0; 3])],
+            &[input("x", &[2, 2], &[0.0; 3])],
         ));
         assert_eq!(r.reason, Reason::Count);
         assert_eq!(r.message, "input \"x\": shape [2, 2] needs 4 values, got 3");
@@ -973,7 +963,7 @@ mod tests {
         let r = refused(check_inputs(
             &huge,
             &guard(0),
-            vec![input("x", &[i64::MAX, i64::MAX, 2], &[0.0])],
+            &[input("x", &[i64::MAX, i64::MAX, 2], &[0.0])],
         ));
         assert_eq!(r.reason, Reason::Count);
         assert!(r.message.contains("too many elements"), "{}", r.message);
@@ -992,13 +982,10 @@ mod tests {
             shape: vec![1, 2],
             data: InputData::Binary(Bytes::from(b)),
         };
-        let ok = check_inputs(&specs, &guard(8), vec![mk(bytes.clone())]).unwrap();
+        let sent = [mk(bytes.clone())];
+        let ok = check_inputs(&specs, &guard(8), &sent).unwrap();
         assert_eq!(ok[0].data, TensorData::F32(vec![1.5, -2.0]));
-        let r = refused(check_inputs(
-            &specs,
-            &guard(8),
-            vec![mk(bytes[..7].to_vec())],
-        ));
+        let r = refused(check_inputs(&specs, &guard(8), &[mk(bytes[..7].to_vec())]));
         assert_eq!(r.reason, Reason::Count);
         assert_eq!(
             r.message,
@@ -1008,7 +995,7 @@ mod tests {
             .iter()
             .flat_map(|x| x.to_le_bytes())
             .collect();
-        let r = refused(check_inputs(&specs, &guard(8), vec![mk(nan)]));
+        let r = refused(check_inputs(&specs, &guard(8), &[mk(nan)]));
         assert_eq!(r.reason, Reason::NonFinite);
         assert_eq!(
             r.message,
@@ -1022,7 +1009,7 @@ mod tests {
         let r = refused(check_inputs(
             &specs,
             &guard(8),
-            vec![input("x", &[1, 2], &[0.0, 1.5])],
+            &[input("x", &[1, 2], &[0.0, 1.5])],
         ));
         assert_eq!(r.reason, Reason::Range);
         assert_eq!(
@@ -1032,7 +1019,7 @@ mod tests {
         let r = refused(check_inputs(
             &specs,
             &guard(8),
-            vec![input("x", &[1, 2], &[1e39, 0.0])],
+            &[input("x", &[1, 2], &[1e39, 0.0])],
         ));
         assert_eq!(r.reason, Reason::NonFinite);
         assert!(
@@ -1042,7 +1029,7 @@ mod tests {
         );
         let mut i = input("x", &[1, 2], &[0.0, 0.0]);
         i.data = InputData::Json(vec![Scalar::Float(0.0), Scalar::Null]);
-        let r = refused(check_inputs(&specs, &guard(8), vec![i]));
+        let r = refused(check_inputs(&specs, &guard(8), &[i]));
         assert_eq!(r.reason, Reason::Value);
         assert_eq!(
             r.message,
@@ -1059,17 +1046,13 @@ mod tests {
             shape: vec![values.len() as i64],
             data: InputData::Json(values),
         };
-        let ok = check_inputs(
-            &ints,
-            &guard(8),
-            vec![mk(vec![Scalar::UInt(255), Scalar::Int(0)])],
-        )
-        .unwrap();
+        let sent = [mk(vec![Scalar::UInt(255), Scalar::Int(0)])];
+        let ok = check_inputs(&ints, &guard(8), &sent).unwrap();
         assert_eq!(ok[0].data, TensorData::U8(vec![255, 0]));
         let r = refused(check_inputs(
             &ints,
             &guard(8),
-            vec![mk(vec![Scalar::UInt(256)])],
+            &[mk(vec![Scalar::UInt(256)])],
         ));
         assert_eq!(
             r.message,
@@ -1078,7 +1061,7 @@ mod tests {
         let r = refused(check_inputs(
             &ints,
             &guard(8),
-            vec![mk(vec![Scalar::Float(1.5)])],
+            &[mk(vec![Scalar::Float(1.5)])],
         ));
         assert_eq!(r.reason, Reason::Value);
     }

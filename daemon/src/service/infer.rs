@@ -36,7 +36,7 @@ use hyper::body::{Body, Incoming};
 use hyper::{Request, Response, StatusCode};
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::api::AppState;
 use super::drift::{DriftMonitor, Side};
@@ -44,7 +44,8 @@ use super::guard::{self, Reason, Refusal};
 use super::metrics::Served;
 use super::peer::Caller;
 use super::registry::LoadedModel;
-use crate::tensor::TensorData;
+use crate::tensor::{Moments, TensorData};
+use tract_onnx::prelude::TVec;
 
 /// The header of the binary tensor data extension: the length of the JSON part.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -142,7 +143,7 @@ struct WireRequest {
     #[allow(dead_code)]
     model_version: Option<String>,
     #[serde(default)]
-    parameters: Option<Map<String, Value>>,
+    parameters: Option<Parameters>,
     inputs: Vec<WireInput>,
     #[serde(default)]
     outputs: Option<Vec<WireOutput>>,
@@ -157,7 +158,7 @@ struct WireInput {
     #[serde(default)]
     data: Option<FlatData>,
     #[serde(default)]
-    parameters: Option<Map<String, Value>>,
+    parameters: Option<Parameters>,
 }
 
 #[derive(Deserialize)]
@@ -165,7 +166,89 @@ struct WireInput {
 struct WireOutput {
     name: String,
     #[serde(default)]
-    parameters: Option<Map<String, Value>>,
+    parameters: Option<Parameters>,
+}
+
+/// The `parameters` object of a request, an input or an output: the keys this server reads or
+/// refuses, kept as sent; every other key is skipped unread (no map is built).
+#[derive(Default)]
+struct Parameters {
+    binary_data_size: Option<Value>,
+    binary_data: Option<Value>,
+    binary_data_output: Option<Value>,
+    /// A key of an extension this server refuses (`shared_memory_region`, `classification`).
+    refused: Option<&'static str>,
+}
+
+impl Parameters {
+    fn get(&self, key: &str) -> Option<&Value> {
+        match key {
+            "binary_data_size" => self.binary_data_size.as_ref(),
+            "binary_data" => self.binary_data.as_ref(),
+            "binary_data_output" => self.binary_data_output.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Parameters {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        enum Key {
+            BinaryDataSize,
+            BinaryData,
+            BinaryDataOutput,
+            Refused(&'static str),
+            Other,
+        }
+        impl<'de> Deserialize<'de> for Key {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct KeyVisitor;
+                impl Visitor<'_> for KeyVisitor {
+                    type Value = Key;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("a parameter name")
+                    }
+                    fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
+                        Ok(match key {
+                            "binary_data_size" => Key::BinaryDataSize,
+                            "binary_data" => Key::BinaryData,
+                            "binary_data_output" => Key::BinaryDataOutput,
+                            "shared_memory_region" => Key::Refused("shared_memory_region"),
+                            "classification" => Key::Refused("classification"),
+                            _ => Key::Other,
+                        })
+                    }
+                }
+                deserializer.deserialize_str(KeyVisitor)
+            }
+        }
+        struct Params;
+        impl<'de> Visitor<'de> for Params {
+            type Value = Parameters;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of parameters")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Parameters, A::Error> {
+                let mut p = Parameters::default();
+                while let Some(key) = map.next_key::<Key>()? {
+                    match key {
+                        Key::BinaryDataSize => p.binary_data_size = Some(map.next_value()?),
+                        Key::BinaryData => p.binary_data = Some(map.next_value()?),
+                        Key::BinaryDataOutput => p.binary_data_output = Some(map.next_value()?),
+                        Key::Refused(name) => {
+                            map.next_value::<de::IgnoredAny>()?;
+                            p.refused.get_or_insert(name);
+                        }
+                        Key::Other => {
+                            map.next_value::<de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(p)
+            }
+        }
+        deserializer.deserialize_map(Params)
+    }
 }
 
 /// `data`: an array, nested arrays flattened row-major into compact scalars (no
@@ -238,11 +321,21 @@ fn malformed(message: String) -> Refusal {
     Refusal::new(Reason::Malformed, message)
 }
 
+/// "input \"x\"" in a message, written only when a message is.
+#[derive(Clone, Copy)]
+struct Named<'a>(&'static str, &'a str);
+
+impl fmt::Display for Named<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {:?}", self.0, self.1)
+    }
+}
+
 /// A boolean parameter, or `Err` naming it.
 fn bool_param(
-    params: Option<&Map<String, Value>>,
+    params: Option<&Parameters>,
     key: &str,
-    what: &str,
+    what: impl fmt::Display,
 ) -> Result<Option<bool>, Refusal> {
     match params.and_then(|p| p.get(key)) {
         None => Ok(None),
@@ -255,18 +348,19 @@ fn bool_param(
 
 /// Refuses the v2 extensions this server does not implement rather than ignoring them (an
 /// ignored `classification` would answer something else than what was asked).
-fn unsupported(params: Option<&Map<String, Value>>, what: &str) -> Result<(), Refusal> {
-    for (key, extension) in [
-        ("shared_memory_region", "shared memory"),
-        ("classification", "classification"),
-    ] {
-        if params.is_some_and(|p| p.contains_key(key)) {
-            return Err(malformed(format!(
+fn unsupported(params: Option<&Parameters>, what: impl fmt::Display) -> Result<(), Refusal> {
+    match params.and_then(|p| p.refused) {
+        None => Ok(()),
+        Some(key) => {
+            let extension = match key {
+                "shared_memory_region" => "shared memory",
+                other => other,
+            };
+            Err(malformed(format!(
                 "{what}: parameter {key}: the {extension} extension is not supported"
-            )));
+            )))
         }
     }
-    Ok(())
 }
 
 /// Parses a request body. `header_length` is the `Inference-Header-Content-Length` header
@@ -319,8 +413,8 @@ pub fn parse_request(
         bool_param(wire.parameters.as_ref(), "binary_data_output", "request")?.unwrap_or(false);
     let mut inputs = Vec::with_capacity(wire.inputs.len());
     for input in wire.inputs {
-        let what = format!("input {:?}", input.name);
-        unsupported(input.parameters.as_ref(), &what)?;
+        let what = Named("input", &input.name);
+        unsupported(input.parameters.as_ref(), what)?;
         let binary_size = match input
             .parameters
             .as_ref()
@@ -383,14 +477,14 @@ pub fn parse_request(
         Some(list) => Some(
             list.into_iter()
                 .map(|o| {
-                    let what = format!("output {:?}", o.name);
+                    let what = Named("output", &o.name);
                     let params = o.parameters.as_ref();
-                    unsupported(params, &what)?;
+                    unsupported(params, what)?;
                     // `binary_data` is the extension's name; `binary_data_output` on an output is
                     // accepted too (some clients send the request-level name).
-                    let binary = match bool_param(params, "binary_data", &what)? {
+                    let binary = match bool_param(params, "binary_data", what)? {
                         Some(b) => Some(b),
-                        None => bool_param(params, "binary_data_output", &what)?,
+                        None => bool_param(params, "binary_data_output", what)?,
                     };
                     Ok(RequestedOutput {
                         name: o.name,
@@ -463,32 +557,33 @@ pub fn encode_response(
     id: Option<&str>,
     outputs: &[ResponseOutput],
 ) -> Encoded {
-    let binaries: Vec<Option<Vec<u8>>> = outputs
-        .iter()
-        .map(|o| o.binary.then(|| o.data.to_le_bytes()))
-        .collect();
     let wire = WireResponse {
         model_name,
         model_version,
         id,
         outputs: outputs
             .iter()
-            .zip(&binaries)
-            .map(|(o, bin)| WireResponseOutput {
+            .map(|o| WireResponseOutput {
                 name: &o.name,
                 datatype: o.data.datatype().name(),
                 shape: &o.shape,
-                parameters: bin.as_ref().map(|b| BinaryParameters {
-                    binary_data_size: b.len(),
+                parameters: o.binary.then(|| BinaryParameters {
+                    binary_data_size: o.data.byte_len(),
                 }),
-                data: bin.is_none().then_some(&o.data),
+                data: (!o.binary).then_some(&o.data),
             })
             .collect(),
     };
-    let mut body = serde_json::to_vec(&wire).expect("a response of plain values serialises");
-    let header_length = binaries.iter().any(Option::is_some).then_some(body.len());
-    for b in binaries.into_iter().flatten() {
-        body.extend_from_slice(&b);
+    let binary: usize = outputs
+        .iter()
+        .filter(|o| o.binary)
+        .map(|o| o.data.byte_len())
+        .sum();
+    let mut body = Vec::with_capacity(256 + binary);
+    serde_json::to_writer(&mut body, &wire).expect("a response of plain values serialises");
+    let header_length = outputs.iter().any(|o| o.binary).then_some(body.len());
+    for o in outputs.iter().filter(|o| o.binary) {
+        o.data.write_le_bytes(&mut body);
     }
     Encoded {
         body,
@@ -738,9 +833,13 @@ fn deadline_refusal(reason: Reason, when: &str, budget: Duration) -> Refusal {
     )
 }
 
-/// On the blocking pool: the manifest's checks, the engine (panics contained), output sanity,
-/// the encoded answer. Public for the inference benchmark, which runs [`parse_request`] and
-/// this on its own thread: the guarded path without the HTTP and async parts.
+/// One output as the model produced it: name, shape, values.
+pub type Produced = (String, Vec<usize>, TensorData);
+
+/// On the blocking pool (or inline for a small model): the request checked against what the
+/// operator signed, the guarded run, the encoded answer. Public for the inference benchmark,
+/// which runs [`parse_request`] and this on its own thread: the endpoint without the HTTP and
+/// async parts.
 pub fn run(
     model: &LoadedModel,
     name: &str,
@@ -750,7 +849,6 @@ pub fn run(
     started: &AtomicBool,
     drift: &DriftMonitor,
 ) -> Result<Encoded, Refusal> {
-    let manifest = &model.installed.manifest;
     if let Some(other) = &request.model_name {
         if other != name {
             return Err(malformed(format!(
@@ -758,77 +856,19 @@ pub fn run(
             )));
         }
     }
-    let inputs = guard::check_inputs(&manifest.inputs, &manifest.guard, request.inputs)?;
     if let Some(wanted) = &request.outputs {
-        guard::check_requested_outputs(&manifest.outputs, wanted)?;
+        guard::check_requested_outputs(&model.installed.manifest.outputs, wanted)?;
     }
-    if std::time::Instant::now() >= deadline {
-        return Err(Refusal::new(
-            Reason::DeadlineWaiting,
-            format!(
-                "deadline of {} ms passed before the model ran",
-                budget.as_millis()
-            ),
-        ));
-    }
-    // Drift needs the inputs' statistics; only models whose manifest has a reference pay.
-    let input_moments: Vec<(String, crate::tensor::Moments)> = if manifest.reference.is_some() {
-        inputs
-            .iter()
-            .map(|c| (c.name.clone(), c.data.moments()))
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let tensors = inputs
-        .into_iter()
-        .map(|c| {
-            let tensor = c.data.into_tract(&c.name, &c.shape);
-            tensor.map(|t| (c.name, t))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| malformed(e.to_string()))?;
-    started.store(true, Ordering::Release);
-    let produced = match guard::contain_panic(|| model.engine.run_tensors(tensors)) {
-        Ok(Ok(outputs)) => outputs,
-        Ok(Err(e)) => return Err(Refusal::new(Reason::Engine, e.to_string())),
-        Err(panic) => {
-            return Err(Refusal::new(
-                Reason::Engine,
-                format!("the inference engine panicked: {panic}"),
-            ))
-        }
-    };
-    let produced = produced
-        .iter()
-        .map(|(out, tensor)| {
-            Ok((
-                out.clone(),
-                tensor.shape().to_vec(),
-                TensorData::from_tract(out, tensor)?,
-            ))
-        })
-        .collect::<Result<Vec<_>, crate::tensor::TensorError>>()
-        .map_err(|e| Refusal::new(Reason::Engine, format!("model output: {e}")))?;
-    guard::check_outputs(&produced)?;
-    if manifest.reference.is_some() {
-        let observed: Vec<(Side, &str, crate::tensor::Moments)> = input_moments
-            .iter()
-            .map(|(n, m)| (Side::Input, n.as_str(), *m))
-            .chain(
-                produced
-                    .iter()
-                    .map(|(n, _, data)| (Side::Output, n.as_str(), data.moments())),
-            )
-            .collect();
-        drift.observe(
-            name,
-            &manifest.version,
-            &model.installed.rev.digest,
-            manifest.reference.as_ref(),
-            &observed,
-        );
-    }
+    let produced = guarded_run(
+        model,
+        name,
+        &request.inputs,
+        deadline,
+        budget,
+        started,
+        drift,
+    )?;
+    let manifest = &model.installed.manifest;
     let selected: Vec<ResponseOutput> = match &request.outputs {
         None => produced
             .into_iter()
@@ -870,6 +910,106 @@ pub fn run(
         request.id.as_deref(),
         &selected,
     ))
+}
+
+/// The guard around one run, in process: the inputs (as a client sends them: name,
+/// datatype, shape, values) against the signed manifest, the deadline, the engine with
+/// panics contained, output sanity, and the drift statistics. Every output of the model,
+/// in the model's order. What the endpoint runs between decoding a request and encoding its
+/// answer; the inference benchmark compares it with raw tract.
+pub fn guarded_run(
+    model: &LoadedModel,
+    name: &str,
+    sent: &[RequestInput],
+    deadline: std::time::Instant,
+    budget: Duration,
+    started: &AtomicBool,
+    drift: &DriftMonitor,
+) -> Result<Vec<Produced>, Refusal> {
+    let manifest = &model.installed.manifest;
+    let inputs = guard::check_inputs(&manifest.inputs, &manifest.guard, sent)?;
+    if std::time::Instant::now() >= deadline {
+        return Err(Refusal::new(
+            Reason::DeadlineWaiting,
+            format!(
+                "deadline of {} ms passed before the model ran",
+                budget.as_millis()
+            ),
+        ));
+    }
+    // Drift needs the inputs' statistics; only models whose manifest has a reference pay.
+    let watched = manifest.reference.is_some();
+    let input_moments: TVec<Moments> = if watched {
+        inputs.iter().map(|c| c.data.moments()).collect()
+    } else {
+        TVec::new()
+    };
+    // In the model's order: every name was matched against the manifest, and the manifest's
+    // inputs are the model's (checked when the bundle was made and when it was installed).
+    let engine = &model.engine;
+    let mut inputs: TVec<Option<guard::CheckedInput<'_>>> = inputs.into_iter().map(Some).collect();
+    let mut ordered = TVec::new();
+    for spec in engine.inputs() {
+        let checked = inputs
+            .iter_mut()
+            .find(|c| c.as_ref().is_some_and(|c| c.name == spec.name))
+            .and_then(Option::take)
+            .ok_or_else(|| {
+                Refusal::new(
+                    Reason::Engine,
+                    format!("the model's input {:?} is not in its manifest", spec.name),
+                )
+            })?;
+        ordered.push(
+            checked
+                .data
+                .into_tract(checked.name, &checked.shape)
+                .map_err(|e| malformed(e.to_string()))?,
+        );
+    }
+    started.store(true, Ordering::Release);
+    let outputs = match guard::contain_panic(|| engine.run_ordered(ordered)) {
+        Ok(Ok(outputs)) => outputs,
+        Ok(Err(e)) => return Err(Refusal::new(Reason::Engine, e.to_string())),
+        Err(panic) => {
+            return Err(Refusal::new(
+                Reason::Engine,
+                format!("the inference engine panicked: {panic}"),
+            ))
+        }
+    };
+    let produced = engine
+        .outputs()
+        .iter()
+        .zip(&outputs)
+        .map(|(spec, tensor)| {
+            let data = TensorData::from_tract(&spec.name, tensor)?;
+            Ok((spec.name.clone(), tensor.shape().to_vec(), data))
+        })
+        .collect::<Result<Vec<Produced>, crate::tensor::TensorError>>()
+        .map_err(|e| Refusal::new(Reason::Engine, format!("model output: {e}")))?;
+    guard::check_outputs(&produced)?;
+    if watched {
+        // check_inputs answers in request order: the moments line up with what was sent.
+        let all: TVec<(Side, &str, Moments)> = sent
+            .iter()
+            .zip(&input_moments)
+            .map(|(i, m)| (Side::Input, i.name.as_str(), *m))
+            .chain(
+                produced
+                    .iter()
+                    .map(|(n, _, data)| (Side::Output, n.as_str(), data.moments())),
+            )
+            .collect();
+        drift.observe(
+            name,
+            &manifest.version,
+            &model.installed.rev.digest,
+            manifest.reference.as_ref(),
+            &all,
+        );
+    }
+    Ok(produced)
 }
 
 /// The body, within `api.max_body_bytes` (a declared length above it is refused before a
