@@ -8,7 +8,8 @@
 //! `BENCH_PYTHON` (python with onnxruntime; part C is skipped without it), `BENCH_PARTS`
 //! (which parts to run, default `ABC`), `BENCH_MINTD_API` (more lines for the daemon's `[api]`
 //! section, e.g. `inline_max_us = 0`), `BENCH_PIN` (0: part B without pinning the server and
-//! the generator to separate CPUs), `BENCH_MODELS` (comma-separated, default `mlp,convnet`).
+//! the generator to separate CPUs), `BENCH_TRACE` (a path: every open-loop run writes each
+//! request's scheduled time and latency to `PATH.RATE`), `BENCH_MODELS` (comma-separated, default `mlp,convnet`).
 //!
 //! A. In process, on one thread, against tract's own `run` on the same model and input: the
 //!    guard alone (`infer::guarded_run`: the manifest's checks, the deadline, tract through the
@@ -392,6 +393,36 @@ fn in_process(dir: &Path, bundle: &Path, b: &Bench, rounds: usize) -> (InProcess
     (figures, Raw { plan, input })
 }
 
+/// Steal time of `cpu` so far (/proc/stat, in ms): time the hypervisor ran something else
+/// while this virtual CPU had work.
+fn steal_ms(cpu: usize) -> Option<u64> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let line = stat
+        .lines()
+        .find(|l| l.starts_with(&format!("cpu{cpu} ")))?;
+    let ticks: u64 = line.split_whitespace().nth(8)?.parse().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(ticks * 10)
+}
+
+/// `mintd_inference_runs_total` from `/metrics`: (inline, blocking) so far.
+fn runs_by_thread(socket: &Path) -> (u64, u64) {
+    let mut stream = UnixStream::connect(socket).expect("metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let count = |thread: &str| {
+        let key = format!("mintd_inference_runs_total{{thread=\"{thread}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (count("inline"), count("blocking"))
+}
+
 /// A keep-alive HTTP/1.1 connection, Unix or TCP.
 trait Stream: Read + Write + Send {}
 impl Stream for UnixStream {}
@@ -552,7 +583,7 @@ fn open_loop(
                         failed += 1;
                     }
                     last = Instant::now();
-                    latencies.push(us(last - from));
+                    latencies.push((us(scheduled - t0), us(last - from)));
                 }
                 (latencies, failed, last)
             })
@@ -569,6 +600,16 @@ fn open_loop(
         failed += f;
         end = end.max(last);
     }
+    if let Ok(path) = std::env::var("BENCH_TRACE") {
+        // Every request of the run: scheduled time from the start (µs), latency (µs).
+        all.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let lines: String = all
+            .iter()
+            .map(|(at, latency)| format!("{at:.0} {latency:.1}\n"))
+            .collect();
+        fs::write(format!("{path}.{rate:.0}"), lines).expect("BENCH_TRACE");
+    }
+    let mut all: Vec<f64> = all.into_iter().map(|(_, latency)| latency).collect();
     all.sort_by(f64::total_cmp);
     OpenLoop {
         latencies: all,
@@ -961,7 +1002,11 @@ fn main() {
         assert!(failed == 0.0, "{} refused at saturation: {failed}", b.name);
         let open = sustainable(&unix, &request, closed, open_connections);
         let rate = 0.8 * open;
+        let before = runs_by_thread(&socket);
+        let stolen = steal_ms(1);
         let run = open_loop(&unix, &request, rate, open_connections, secs);
+        let stolen = steal_ms(1).zip(stolen).map(|(b, a)| b - a);
+        let after = runs_by_thread(&socket);
         let lat = &run.latencies;
         let (p50, p99) = (percentile(lat, 0.5), percentile(lat, 0.99));
         println!(
@@ -982,6 +1027,13 @@ fn main() {
             } else {
                 String::new()
             }
+        );
+        println!(
+            "         80 % run: {} runs inline on the async worker, {} on the blocking pool; \
+             time the hypervisor took from CPU 1 (steal): {}",
+            after.0 - before.0,
+            after.1 - before.1,
+            stolen.map_or("unknown".into(), |ms| format!("{ms} ms"))
         );
     }
 
