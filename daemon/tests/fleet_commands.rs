@@ -583,6 +583,108 @@ async fn the_final_result_is_stored_with_the_end_of_its_command() {
     assert_eq!(again[0], done);
 }
 
+/// A fleet download does not hold the updater's install lock: while one is stalled halfway,
+/// a local install of another model goes through at once (it used to be refused as busy for
+/// as long as the transfer took), and the fleet install completes afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_fleet_download_does_not_keep_a_local_install_waiting() {
+    let ws = Workspace::new();
+    let bundle = ws.bundle("m", "1", 1).golden("auto:64").create();
+    let local = ws.bundle("other", "1", 1).create();
+    let bytes = std::fs::read(&bundle).unwrap();
+    let half = bytes.len() / 2;
+    let d = device(ws).await;
+    let server = FileServer::start(
+        bytes.clone(),
+        Faults {
+            stall_first_at: Some(half),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let p = payload(
+        "install",
+        json!({"url": server.url(false), "sha256": sha256_hex(&bytes), "size": bytes.len()}),
+        DEVICE,
+    );
+    let r = d.send(&d.sign(&p)).await.unwrap();
+    assert_eq!(r["status"], "accepted", "{r}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.sent.load(Ordering::SeqCst) < half {
+        assert!(
+            Instant::now() < deadline,
+            "the download did not reach the stall"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        d.results.lock().unwrap().is_empty(),
+        "the fleet install ended early"
+    );
+
+    let updater = d.updater.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut f = std::fs::File::open(&local).unwrap();
+        updater.try_install(&mut f, &mut |_| {})
+    })
+    .await
+    .unwrap();
+    let outcome = outcome.unwrap_or_else(|e| panic!("local install during a download: {e}"));
+    assert!(
+        matches!(
+            outcome,
+            mint_updater::InstallOutcome::Committed(_) | mint_updater::InstallOutcome::OnTrial(_)
+        ),
+        "{outcome:?}"
+    );
+    assert!(d.serving_digest("other").is_some());
+    assert!(
+        d.results.lock().unwrap().is_empty(),
+        "the fleet install ended early"
+    );
+
+    server.release.notify_waiters();
+    let done = d.final_result(&p.nonce, Duration::from_secs(60)).await;
+    assert_installed(&d, &done);
+}
+
+/// A bundle this device refuses is judged on its header while it arrives: the transfer stops
+/// there (the rest of the file is never fetched), the command fails naming the check, and
+/// nothing is installed. Here the bundle is for another device class.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_bundle_is_not_downloaded_past_its_header() {
+    let ws = Workspace::new();
+    // The convnet: megabytes after a header of a few kilobytes.
+    let bundle = ws
+        .bundle("m", "1", 1)
+        .model(support::fixture("convnet.onnx"))
+        .golden("auto:1")
+        .arg("--target")
+        .arg("doorbell")
+        .create();
+    let bytes = std::fs::read(&bundle).unwrap();
+    let d = device(ws).await;
+    let server = FileServer::start(bytes.clone(), Faults::default()).await;
+    let p = payload(
+        "install",
+        json!({"url": server.url(false), "sha256": sha256_hex(&bytes), "size": bytes.len()}),
+        DEVICE,
+    );
+    let r = d.send(&d.sign(&p)).await.unwrap();
+    assert_eq!(r["status"], "accepted", "{r}");
+    let done = d.final_result(&p.nonce, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["reason"], "target", "{done}");
+    let sent = server.sent.load(Ordering::SeqCst);
+    assert!(
+        sent < bytes.len() / 2,
+        "{sent} of {} bytes sent for a refused bundle",
+        bytes.len()
+    );
+    assert_eq!(d.serving_digest("m"), None);
+    assert!(!d.events("install_refused").is_empty());
+}
+
 fn assert_installed(d: &Device, done: &Value) {
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["command"], "install");

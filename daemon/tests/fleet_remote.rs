@@ -214,9 +214,18 @@ fn every_refusal_over_mosquitto_is_answered_recorded_and_executes_nothing() {
     let report = command::sign(&payload(9, "report", json!({}), DEVICE), &fleet).unwrap();
     publish(&broker, &ws, &topic, &report);
     publish(&broker, &ws, &topic, &report);
-    w.wait_for("the replay result", Duration::from_secs(20), |seen| {
-        results_in(seen).iter().any(|r| r["reason"] == "replayed")
-    });
+    // Both answers: the refusal as a replay and the report's own result.
+    w.wait_for(
+        "the replay and report results",
+        Duration::from_secs(20),
+        |seen| {
+            let answers = results_in(seen);
+            answers.iter().any(|r| r["reason"] == "replayed")
+                && answers
+                    .iter()
+                    .any(|r| r["command"] == "report" && r["status"] == "succeeded")
+        },
+    );
     // One run, one refusal as a replay; the two answers may arrive in either order (the
     // refusal is answered at once, the report after it republished status and inventory).
     let mut statuses: Vec<String> = results(&w)

@@ -36,7 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::bundle::verify::{read_header, unpack, Limits, Policy, Sink};
+use crate::bundle::verify::{read_header, unpack, Limits, Policy, Sink, VerifiedHeader};
 use crate::error::{BundleError, Check};
 use crate::integrity;
 use crate::keys::TrustStore;
@@ -528,12 +528,25 @@ impl Updater {
         &self.db
     }
 
-    fn install_locked(
+    /// Reads and checks a bundle's header as [`Updater::install`] does, without installing
+    /// and without the install lock: the signatures, the validity window, the device targets,
+    /// reserved names, quarantine, rollback, a candidate on trial. `Ok(None)`: an install of
+    /// this bundle would go ahead now; `Ok(Some(model))`: it is installed already. A refusal is
+    /// recorded (`install_refused`) like an install's. For a download: the header can be
+    /// judged as soon as it arrives, and the install lock taken only once the whole file is
+    /// here, so a local install is not kept waiting by a slow transfer.
+    pub fn check_header(
         &self,
         input: &mut (dyn Read + Send),
-        progress: &mut dyn FnMut(u64),
-    ) -> Result<InstallOutcome, UpdateError> {
-        let mut input = input;
+    ) -> Result<Option<InstalledModel>, UpdateError> {
+        match self.admit(input)? {
+            Admission::Installed(model) => Ok(Some(*model)),
+            Admission::New { .. } => Ok(None),
+        }
+    }
+
+    /// The header and the checks before anything is written (see [`Updater::check_header`]).
+    fn admit(&self, mut input: &mut (dyn Read + Send)) -> Result<Admission, UpdateError> {
         let policy = Policy {
             trust: &self.config.trust,
             now: unix_now(),
@@ -573,9 +586,9 @@ impl Updater {
                 .find(|r| r.digest == digest);
             if let Some(existing) = existing {
                 tracing::info!(model = %name, digest = %digest, "already installed");
-                return Ok(InstallOutcome::AlreadyInstalled(
+                return Ok(Admission::Installed(Box::new(
                     self.installed(&name, existing)?,
-                ));
+                )));
             }
             if let Some(q) = record.quarantine_entry(&digest) {
                 let e = UpdateError::Quarantined {
@@ -609,6 +622,30 @@ impl Updater {
                 return Err(self.refuse(Some(&name), e));
             }
         }
+        Ok(Admission::New {
+            header: Box::new(header),
+            name,
+            digest,
+            rev,
+        })
+    }
+
+    fn install_locked(
+        &self,
+        input: &mut (dyn Read + Send),
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<InstallOutcome, UpdateError> {
+        let (header, name, digest, rev) = match self.admit(input)? {
+            Admission::Installed(model) => return Ok(InstallOutcome::AlreadyInstalled(*model)),
+            Admission::New {
+                header,
+                name,
+                digest,
+                rev,
+            } => (header, name, digest, rev),
+        };
+        let mut input = input;
+        let manifest = &header.manifest;
         let signers: Vec<String> = header.signers.iter().map(|k| k.to_hex()).collect();
         self.record_event(LifecycleEvent::new(
             "install_started",
@@ -1312,6 +1349,19 @@ fn unix_ms() -> u64 {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What [`Updater::admit`] found.
+enum Admission {
+    /// This very bundle is installed (committed or the candidate).
+    Installed(Box<InstalledModel>),
+    /// A bundle that may be installed now.
+    New {
+        header: Box<VerifiedHeader>,
+        name: String,
+        digest: String,
+        rev: Revision,
+    },
 }
 
 fn try_lock<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {

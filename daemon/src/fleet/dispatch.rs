@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use mint_updater::lifecycle::severity;
 use mint_updater::state::{OutboxBounds, OutboxMessage};
-use mint_updater::{InstallOutcome, LifecycleEvent, TrustStore, UpdateError, Updater};
+use mint_updater::{BundleError, InstallOutcome, LifecycleEvent, TrustStore, UpdateError, Updater};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -775,10 +775,15 @@ pub type UrlInstall = (
     Result<Result<InstallOutcome, UpdateError>, tokio::task::JoinError>,
 );
 
-/// Downloads `job` while `updater` verifies and installs the stream (waiting for an install
-/// in progress, or refusing as busy with `try_install`). Both outcomes are returned: when
-/// the install refused the bundle the download reports `Abandoned`; when the download failed
-/// the install fails on the error it was handed. The partial file is left to the caller.
+/// Downloads `job` and installs it with `updater` (waiting for an install in progress, or
+/// refusing as busy with `try_install`). Both outcomes are returned: when the bundle is
+/// refused the download reports `Abandoned`; when the download failed the install fails on
+/// the error it was handed. The partial file is left to the caller.
+///
+/// The bundle's header is judged while the file arrives ([`Updater::check_header`]): a bundle
+/// this device refuses, or has already, is not downloaded further. The install, which takes
+/// the updater's install lock, reads the complete file afterwards, so a slow transfer never
+/// keeps a local install waiting (or busy).
 pub async fn install_from_url(
     updater: Arc<Updater>,
     job: &download::Job,
@@ -787,17 +792,48 @@ pub async fn install_from_url(
     try_install: bool,
 ) -> UrlInstall {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
-    let install = tokio::task::spawn_blocking(move || {
-        let mut input = ChannelReader::new(rx);
-        if try_install {
-            updater.try_install(&mut input, &mut |_| {})
-        } else {
-            updater.install(&mut input, &mut |_| {})
-        }
-    });
+    let judge = {
+        let updater = updater.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut input = ChannelReader::new(rx);
+            let installed = updater.check_header(&mut input)?;
+            if installed.is_none() {
+                // The rest goes to the partial file; an error of the transfer ends here too.
+                io::copy(&mut input, &mut io::sink())
+                    .map_err(|e| BundleError::io("downloading the bundle", e))?;
+            }
+            Ok::<_, UpdateError>(installed)
+        })
+    };
     let downloaded = download::run(job, options, &tx, report).await;
     drop(tx);
-    (downloaded, install.await)
+    let judged = judge.await;
+    match (downloaded, judged) {
+        (Ok(()), Ok(Ok(None))) => {}
+        (downloaded, Ok(Ok(Some(model)))) => {
+            return (downloaded, Ok(Ok(InstallOutcome::AlreadyInstalled(model))))
+        }
+        (downloaded, Ok(Err(e))) => return (downloaded, Ok(Err(e))),
+        (downloaded, Err(join)) => return (downloaded, Err(join)),
+        (Err(d), Ok(Ok(None))) => {
+            // The transfer failed after the header was accepted and the error did not reach
+            // the reader (it had ended): fail like a stream that broke.
+            let e = BundleError::io("downloading the bundle", io::Error::other(d.to_string()));
+            return (Err(d), Ok(Err(e.into())));
+        }
+    }
+    let part = job.part.clone();
+    let installed = tokio::task::spawn_blocking(move || {
+        let mut file = std::fs::File::open(&part)
+            .map_err(|e| BundleError::io(format!("opening the download {}", part.display()), e))?;
+        if try_install {
+            updater.try_install(&mut file, &mut |_| {})
+        } else {
+            updater.install(&mut file, &mut |_| {})
+        }
+    })
+    .await;
+    (Ok(()), installed)
 }
 
 fn unix_ms() -> u64 {

@@ -1,14 +1,14 @@
-//! Resumable HTTP(S) download of a bundle named by a signed `install` command, streamed into
-//! the verifier while it is written to a partial file in the state directory.
+//! Resumable HTTP(S) download of a bundle named by a signed `install` command, written to a
+//! partial file in the state directory and streamed to a reader (the dispatcher's header
+//! check, `Updater::check_header`) as it arrives.
 //!
 //! The partial file is the resume point: after a network cut the download asks for the rest
 //! with `Range: bytes=N-`; after a daemon restart the dispatcher runs it again, which first
-//! feeds the bytes already on disk to the (new) verifier, then asks the server for the rest.
+//! feeds the bytes already on disk to the (new) reader, then asks the server for the rest.
 //! A server that ignores `Range` (answers 200) is fine: the first N bytes of its answer are
 //! skipped. Never more than the signed size is read or written, and the SHA-256 of the whole
-//! file must equal the signed value: otherwise the stream ends with an error, so the verifier
-//! refuses the bundle before anything leaves its staging area (it reads to the end of the
-//! stream to check for trailing bytes).
+//! file must equal the signed value: otherwise the stream ends with an error and nothing is
+//! installed.
 //!
 //! The client is hyper's HTTP/1.1 connection over a tokio `TcpStream`, with
 //! `tokio-native-tls` (OpenSSL, the system's trust store; `SSL_CERT_FILE` is honoured) for
