@@ -154,6 +154,19 @@ impl Device {
         self.updater.install(&mut f, &mut |_| {}).expect("install");
     }
 
+    /// Signs and sends an `install` of `server`'s file, bound to the digest and size of
+    /// `signed` (the bundle the operator means); checks it is accepted and returns its nonce.
+    async fn install_from(&self, server: &FileServer, signed: &[u8]) -> String {
+        let p = payload(
+            "install",
+            json!({"url": server.url(false), "sha256": sha256_hex(signed), "size": signed.len()}),
+            DEVICE,
+        );
+        let r = self.send(&self.sign(&p)).await.unwrap();
+        assert_eq!(r["status"], "accepted", "{r}");
+        p.nonce
+    }
+
     /// Waits for the final result of the command `nonce` (published through the sink).
     async fn final_result(&self, nonce: &str, timeout: Duration) -> Value {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -504,13 +517,7 @@ async fn the_final_result_is_stored_with_the_end_of_its_command() {
             bounds,
         },
     );
-    let p = payload(
-        "install",
-        json!({"url": server.url(false), "sha256": sha256_hex(&bytes), "size": bytes.len()}),
-        DEVICE,
-    );
-    let r = d.send(&d.sign(&p)).await.unwrap();
-    assert_eq!(r["status"], "accepted", "{r}");
+    let nonce = d.install_from(&server, &bytes).await;
     let state = d.updater.state();
     let stored_result = |nonce: &str| -> Option<Value> {
         state
@@ -530,7 +537,7 @@ async fn the_final_result_is_stored_with_the_end_of_its_command() {
     let done = loop {
         // A stored result means the job is gone, and a job gone means its result is stored
         // (each read after the other, since both only ever go one way).
-        let result = stored_result(&p.nonce);
+        let result = stored_result(&nonce);
         let still_pending = pending();
         if let Some(done) = result {
             assert!(
@@ -541,7 +548,7 @@ async fn the_final_result_is_stored_with_the_end_of_its_command() {
         }
         let still_pending = still_pending || pending();
         assert!(
-            still_pending || stored_result(&p.nonce).is_some(),
+            still_pending || stored_result(&nonce).is_some(),
             "the command was forgotten before its result was stored"
         );
         assert!(Instant::now() < deadline, "no result after 60 s");
@@ -577,7 +584,7 @@ async fn the_final_result_is_stored_with_the_end_of_its_command() {
         .unwrap()
         .into_iter()
         .map(|(_, m)| serde_json::from_slice::<Value>(&m.payload).unwrap())
-        .filter(|v| v["nonce"] == p.nonce.as_str())
+        .filter(|v| v["nonce"] == nonce.as_str())
         .collect();
     assert_eq!(again.len(), 1, "{again:?}");
     assert_eq!(again[0], done);
@@ -602,13 +609,7 @@ async fn a_slow_fleet_download_does_not_keep_a_local_install_waiting() {
         },
     )
     .await;
-    let p = payload(
-        "install",
-        json!({"url": server.url(false), "sha256": sha256_hex(&bytes), "size": bytes.len()}),
-        DEVICE,
-    );
-    let r = d.send(&d.sign(&p)).await.unwrap();
-    assert_eq!(r["status"], "accepted", "{r}");
+    let nonce = d.install_from(&server, &bytes).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     while server.sent.load(Ordering::SeqCst) < half {
         assert!(
@@ -644,7 +645,7 @@ async fn a_slow_fleet_download_does_not_keep_a_local_install_waiting() {
     );
 
     server.release.notify_waiters();
-    let done = d.final_result(&p.nonce, Duration::from_secs(60)).await;
+    let done = d.final_result(&nonce, Duration::from_secs(60)).await;
     assert_installed(&d, &done);
 }
 
@@ -665,14 +666,8 @@ async fn a_refused_bundle_is_not_downloaded_past_its_header() {
     let bytes = std::fs::read(&bundle).unwrap();
     let d = device(ws).await;
     let server = FileServer::start(bytes.clone(), Faults::default()).await;
-    let p = payload(
-        "install",
-        json!({"url": server.url(false), "sha256": sha256_hex(&bytes), "size": bytes.len()}),
-        DEVICE,
-    );
-    let r = d.send(&d.sign(&p)).await.unwrap();
-    assert_eq!(r["status"], "accepted", "{r}");
-    let done = d.final_result(&p.nonce, Duration::from_secs(60)).await;
+    let nonce = d.install_from(&server, &bytes).await;
+    let done = d.final_result(&nonce, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["reason"], "target", "{done}");
     let sent = server.sent.load(Ordering::SeqCst);
@@ -834,13 +829,8 @@ async fn wrong_digest_or_too_many_bytes_installs_nothing() {
     let last = tampered.len() - 1;
     tampered[last] ^= 0xff;
     let server = FileServer::start(tampered, Faults::default()).await;
-    let p = payload(
-        "install",
-        json!({"url": server.url(false), "sha256": sha256_hex(&bytes), "size": bytes.len()}),
-        DEVICE,
-    );
-    d.send(&d.sign(&p)).await.unwrap();
-    let done = d.final_result(&p.nonce, Duration::from_secs(60)).await;
+    let nonce = d.install_from(&server, &bytes).await;
+    let done = d.final_result(&nonce, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert!(
         ["download_content", "digest", "framing"].contains(&done["reason"].as_str().unwrap()),
@@ -857,13 +847,8 @@ async fn wrong_digest_or_too_many_bytes_installs_nothing() {
         },
     )
     .await;
-    let p = payload(
-        "install",
-        json!({"url": server.url(false), "sha256": sha256_hex(&bytes), "size": bytes.len()}),
-        DEVICE,
-    );
-    d.send(&d.sign(&p)).await.unwrap();
-    let done = d.final_result(&p.nonce, Duration::from_secs(60)).await;
+    let nonce = d.install_from(&server, &bytes).await;
+    let done = d.final_result(&nonce, Duration::from_secs(60)).await;
     assert_eq!(done["status"], "failed", "{done}");
     assert_eq!(done["reason"], "download_content", "{done}");
     assert!(done["error"].as_str().unwrap().contains("offers"), "{done}");
