@@ -277,6 +277,47 @@ macro_rules! each_variant {
     };
 }
 
+/// `$body` with `$values` an iterator over the elements as f64 (booleans as 0 and 1), typed
+/// per variant so the loop is compiled for each element type.
+macro_rules! each_as_f64 {
+    ($data:expr, $values:ident => $body:expr) => {
+        match $data {
+            TensorData::Bool(v) => {
+                let $values = v.iter().map(|&x| f64::from(u8::from(x)));
+                $body
+            }
+            TensorData::U8(v) => {
+                let $values = v.iter().map(|&x| f64::from(x));
+                $body
+            }
+            TensorData::I8(v) => {
+                let $values = v.iter().map(|&x| f64::from(x));
+                $body
+            }
+            TensorData::I16(v) => {
+                let $values = v.iter().map(|&x| f64::from(x));
+                $body
+            }
+            TensorData::I32(v) => {
+                let $values = v.iter().map(|&x| f64::from(x));
+                $body
+            }
+            TensorData::I64(v) => {
+                let $values = v.iter().map(|&x| x as f64);
+                $body
+            }
+            TensorData::F32(v) => {
+                let $values = v.iter().map(|&x| f64::from(x));
+                $body
+            }
+            TensorData::F64(v) => {
+                let $values = v.iter().copied();
+                $body
+            }
+        }
+    };
+}
+
 impl TensorData {
     /// The element type.
     pub fn datatype(&self) -> DataType {
@@ -305,54 +346,20 @@ impl TensorData {
     /// The first element outside `[low, high]` (as f64; NaN is outside), with its index: one
     /// typed pass, for the declared ranges of the manifest.
     pub fn first_outside(&self, low: f64, high: f64) -> Option<(usize, f64)> {
-        fn find<T: Copy>(
-            v: &[T],
-            low: f64,
-            high: f64,
-            f: impl Fn(T) -> f64,
-        ) -> Option<(usize, f64)> {
-            v.iter()
-                .map(|&x| f(x))
-                .enumerate()
-                .find(|&(_, x)| !(low..=high).contains(&x))
-        }
-        match self {
-            TensorData::Bool(v) => find(v, low, high, |x| f64::from(u8::from(x))),
-            TensorData::U8(v) => find(v, low, high, f64::from),
-            TensorData::I8(v) => find(v, low, high, f64::from),
-            TensorData::I16(v) => find(v, low, high, f64::from),
-            TensorData::I32(v) => find(v, low, high, f64::from),
-            TensorData::I64(v) => find(v, low, high, |x| x as f64),
-            TensorData::F32(v) => find(v, low, high, f64::from),
-            TensorData::F64(v) => find(v, low, high, |x| x),
-        }
+        each_as_f64!(self, values => values
+            .enumerate()
+            .find(|&(_, x)| !(low..=high).contains(&x)))
     }
 
     /// Count, sum and sum of squares of the elements as f64 (booleans as 0 and 1), for the
     /// running statistics that drift detection compares with the manifest's reference.
     pub fn moments(&self) -> Moments {
-        fn fold<T: Copy>(v: &[T], f: impl Fn(T) -> f64) -> Moments {
-            let (mut sum, mut sum_sq) = (0.0, 0.0);
-            for &x in v {
-                let x = f(x);
-                sum += x;
-                sum_sq += x * x;
-            }
-            Moments {
-                count: v.len() as u64,
-                sum,
-                sum_sq,
-            }
-        }
-        match self {
-            TensorData::Bool(v) => fold(v, |x| f64::from(u8::from(x))),
-            TensorData::U8(v) => fold(v, f64::from),
-            TensorData::I8(v) => fold(v, f64::from),
-            TensorData::I16(v) => fold(v, f64::from),
-            TensorData::I32(v) => fold(v, f64::from),
-            TensorData::I64(v) => fold(v, |x| x as f64),
-            TensorData::F32(v) => fold(v, f64::from),
-            TensorData::F64(v) => fold(v, |x| x),
+        let (sum, sum_sq) = each_as_f64!(self, values => values
+            .fold((0.0, 0.0), |(sum, sum_sq), x| (sum + x, sum_sq + x * x)));
+        Moments {
+            count: self.len() as u64,
+            sum,
+            sum_sq,
         }
     }
 

@@ -131,12 +131,7 @@ fn answers_match_the_reference_outputs_of_the_verified_model() {
         let mut request = mlp_request(std::slice::from_ref(input));
         request["id"] = json!(format!("case-{i}"));
         let reply = infer(&d, "m", &request);
-        assert_eq!(
-            reply.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
+        reply.assert_ok();
         assert_eq!(reply.header("content-type"), Some("application/json"));
         assert_eq!(reply.header("inference-header-content-length"), None);
         let body = reply.json();
@@ -167,12 +162,7 @@ fn answers_match_the_reference_outputs_of_the_verified_model() {
         "outputs": [{"name": "output", "parameters": {"binary_data": true}}]
     });
     let reply = infer_binary(&d, "m", &header, &f32_bytes(&floats));
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.assert_ok();
     let (json_part, binary) = reply.split();
     assert_close(
         &binary
@@ -239,12 +229,7 @@ fn binary_extension_round_trip_with_per_output_choice() {
         "parameters": {"binary_data_output": true}
     });
     let reply = infer_binary(&d, "m", &header, &f32_bytes(&floats));
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.assert_ok();
     assert_eq!(
         reply.header("content-type"),
         Some("application/octet-stream")
@@ -288,12 +273,7 @@ fn binary_extension_round_trip_with_per_output_choice() {
         &[],
         request.to_string().as_bytes(),
     );
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.assert_ok();
     let (_, binary) = reply.split();
     assert_eq!(binary.len(), 32);
     let reply = post(

@@ -101,12 +101,7 @@ fn inference_over_tcp_matches_the_reference_and_management_is_refused() {
     // JSON: the reference outputs of the verified model.
     for (i, (input, expected)) in mlp_reference_cases().iter().enumerate() {
         let reply = infer_json(LOCAL, addr, "m", &one_row(input));
-        assert_eq!(
-            reply.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
+        reply.assert_ok();
         let out = &reply.json()["outputs"][0];
         let got: Vec<f64> = out["data"]
             .as_array()
@@ -138,12 +133,7 @@ fn inference_over_tcp_matches_the_reference_and_management_is_refused() {
         ],
         &body,
     );
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.assert_ok();
     let n: usize = reply
         .header("inference-header-content-length")
         .expect("binary answer")

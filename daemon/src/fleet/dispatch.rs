@@ -235,11 +235,6 @@ impl Dispatcher {
         })
     }
 
-    /// The daemon's result sink: the link's outbox (see [`ResultSink::Outbox`]).
-    pub fn link_sink(handle: super::FleetHandle, bounds: OutboxBounds) -> ResultSink {
-        ResultSink::Outbox { handle, bounds }
-    }
-
     /// This device's command topic.
     pub fn device_topic(&self) -> String {
         format!("mint/v1/{}/cmd", self.inner.config.device.id)
@@ -546,9 +541,10 @@ async fn finish(inner: &Arc<Inner>, key: String, result: Value) {
     let updater = inner.updater.clone();
     match &inner.results {
         ResultSink::Outbox { handle, bounds } => {
+            let payload = serde_json::to_vec(&result).unwrap_or_default();
             let message = OutboxMessage {
                 destination: handle.topics().cmd_result(),
-                payload: serde_json::to_vec(&result).unwrap_or_default(),
+                payload: payload.clone(),
             };
             let bounds = *bounds;
             let stored = tokio::task::spawn_blocking(move || {
@@ -565,9 +561,8 @@ async fn finish(inner: &Arc<Inner>, key: String, result: Value) {
                     // Nothing was written: the command stays pending and is resumed (and
                     // answered) after a restart; the result still goes out now if it can.
                     tracing::error!(error = %e, "cannot store a command's result with its end");
-                    let bytes = serde_json::to_vec(&result).unwrap_or_default();
                     if handle
-                        .publish(handle.topics().cmd_result(), bytes)
+                        .publish(handle.topics().cmd_result(), payload)
                         .await
                         .is_err()
                     {

@@ -443,13 +443,10 @@ impl DriftMonitor {
             drifting: false,
             rate: RateWatch::new(now()),
         };
-        let watch = match models.entry(name.to_owned()) {
-            std::collections::hash_map::Entry::Occupied(mut e) => {
-                e.insert(watch);
-                e.into_mut()
-            }
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(watch),
-        };
+        models.insert(name.to_owned(), watch);
+        let watch = models
+            .get_mut(name)
+            .expect("the watch of this name was just inserted");
         watch.watch_tensors(reference);
         f(watch)
     }

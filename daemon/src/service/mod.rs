@@ -288,7 +288,10 @@ fn start_fleet_link(
         fleet::dispatch::DispatcherConfig::from_config(config)
             .context("cannot load the fleet command keys (trust.fleet_keys)")?,
         updater.clone(),
-        fleet::dispatch::Dispatcher::link_sink(handle.clone(), settings.bounds),
+        fleet::dispatch::ResultSink::Outbox {
+            handle: handle.clone(),
+            bounds: settings.bounds,
+        },
     );
     dispatcher.set_report(Arc::new(move || handle.request_report()));
     let parts = fleet::link::LinkParts {

@@ -52,6 +52,11 @@ impl Reply {
         )
     }
 
+    /// Asserts a 200 answer (the body, as text, in the failure message).
+    pub fn assert_ok(&self) {
+        assert_eq!(self.status, 200, "{}", String::from_utf8_lossy(&self.body));
+    }
+
     /// The error message of a refusal with `status`.
     pub fn error(&self, status: u16) -> String {
         let body = self.json();
