@@ -342,7 +342,7 @@ fn in_process(dir: &Path, bundle: &Path, b: &Bench, rounds: usize) -> (InProcess
     )
     .unwrap();
     assert_eq!(
-        tensors_answer[0].2.to_le_bytes(),
+        tensors_answer[0].values().unwrap().to_le_bytes(),
         expected,
         "{}: guarded (tensors) != raw",
         b.name

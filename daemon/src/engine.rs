@@ -199,9 +199,25 @@ impl Engine {
     }
 
     /// Runs one inference on inputs in the model's order ([`Engine::inputs`]); returns the
-    /// outputs in the model's order ([`Engine::outputs`]). The guarded path, which has
-    /// matched the names already.
+    /// outputs in the model's order ([`Engine::outputs`]).
     pub fn run_ordered(&self, inputs: TVec<Tensor>) -> Result<TVec<Tensor>, EngineError> {
+        let inputs = inputs.into_iter().map(Tensor::into_tvalue).collect();
+        Ok(self
+            .run_values(inputs, Instant::now())?
+            .into_iter()
+            .map(TValue::into_tensor)
+            .collect())
+    }
+
+    /// [`Engine::run_ordered`] in tract's own value type, which the guarded path hands over
+    /// and takes back without moving the tensors between containers. `started` is when the
+    /// caller began the run, for the run-time estimate ([`Engine::typical_run`]): the guarded
+    /// path passes the instant it checked the deadline at, a clock read it has already paid.
+    pub fn run_values(
+        &self,
+        inputs: TVec<TValue>,
+        started: Instant,
+    ) -> Result<TVec<TValue>, EngineError> {
         if inputs.len() != self.inputs.len() {
             return Err(EngineError::Inputs(format!(
                 "{} inputs given, the model has {}",
@@ -209,12 +225,11 @@ impl Engine {
                 self.inputs.len()
             )));
         }
-        let started = Instant::now();
         let outputs = self
-            .execute(inputs.into_iter().map(Tensor::into_tvalue).collect())
+            .execute(inputs)
             .map_err(|e| EngineError::Run(format!("{e:#}")))?;
         self.observe_run(started.elapsed());
-        Ok(outputs.into_iter().map(TValue::into_tensor).collect())
+        Ok(outputs)
     }
 }
 

@@ -261,18 +261,41 @@ pub struct Moments {
     pub sum_sq: f64,
 }
 
-/// Applies `$body` to the vector inside any [`TensorData`] variant.
+/// The values of one tensor, borrowed, flat and row-major in their own element type: a
+/// view of a [`TensorData`] or of a tract tensor's buffer ([`TensorValues::of_tract`]), for
+/// the checks, the drift statistics and the encoding of an answer without a copy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TensorValues<'a> {
+    /// `BOOL`.
+    Bool(&'a [bool]),
+    /// `UINT8`.
+    U8(&'a [u8]),
+    /// `INT8`.
+    I8(&'a [i8]),
+    /// `INT16`.
+    I16(&'a [i16]),
+    /// `INT32`.
+    I32(&'a [i32]),
+    /// `INT64`.
+    I64(&'a [i64]),
+    /// `FP32`.
+    F32(&'a [f32]),
+    /// `FP64`.
+    F64(&'a [f64]),
+}
+
+/// Applies `$body` to the slice inside any [`TensorValues`] variant.
 macro_rules! each_variant {
-    ($data:expr, $v:ident => $body:expr) => {
-        match $data {
-            TensorData::Bool($v) => $body,
-            TensorData::U8($v) => $body,
-            TensorData::I8($v) => $body,
-            TensorData::I16($v) => $body,
-            TensorData::I32($v) => $body,
-            TensorData::I64($v) => $body,
-            TensorData::F32($v) => $body,
-            TensorData::F64($v) => $body,
+    ($values:expr, $v:ident => $body:expr) => {
+        match $values {
+            TensorValues::Bool($v) => $body,
+            TensorValues::U8($v) => $body,
+            TensorValues::I8($v) => $body,
+            TensorValues::I16($v) => $body,
+            TensorValues::I32($v) => $body,
+            TensorValues::I64($v) => $body,
+            TensorValues::F32($v) => $body,
+            TensorValues::F64($v) => $body,
         }
     };
 }
@@ -282,35 +305,35 @@ macro_rules! each_variant {
 macro_rules! each_as_f64 {
     ($data:expr, $values:ident => $body:expr) => {
         match $data {
-            TensorData::Bool(v) => {
+            TensorValues::Bool(v) => {
                 let $values = v.iter().map(|&x| f64::from(u8::from(x)));
                 $body
             }
-            TensorData::U8(v) => {
+            TensorValues::U8(v) => {
                 let $values = v.iter().map(|&x| f64::from(x));
                 $body
             }
-            TensorData::I8(v) => {
+            TensorValues::I8(v) => {
                 let $values = v.iter().map(|&x| f64::from(x));
                 $body
             }
-            TensorData::I16(v) => {
+            TensorValues::I16(v) => {
                 let $values = v.iter().map(|&x| f64::from(x));
                 $body
             }
-            TensorData::I32(v) => {
+            TensorValues::I32(v) => {
                 let $values = v.iter().map(|&x| f64::from(x));
                 $body
             }
-            TensorData::I64(v) => {
+            TensorValues::I64(v) => {
                 let $values = v.iter().map(|&x| x as f64);
                 $body
             }
-            TensorData::F32(v) => {
+            TensorValues::F32(v) => {
                 let $values = v.iter().map(|&x| f64::from(x));
                 $body
             }
-            TensorData::F64(v) => {
+            TensorValues::F64(v) => {
                 let $values = v.iter().copied();
                 $body
             }
@@ -318,18 +341,18 @@ macro_rules! each_as_f64 {
     };
 }
 
-impl TensorData {
+impl<'a> TensorValues<'a> {
     /// The element type.
     pub fn datatype(&self) -> DataType {
         match self {
-            TensorData::Bool(_) => DataType::BOOL,
-            TensorData::U8(_) => DataType::UINT8,
-            TensorData::I8(_) => DataType::INT8,
-            TensorData::I16(_) => DataType::INT16,
-            TensorData::I32(_) => DataType::INT32,
-            TensorData::I64(_) => DataType::INT64,
-            TensorData::F32(_) => DataType::FP32,
-            TensorData::F64(_) => DataType::FP64,
+            TensorValues::Bool(_) => DataType::BOOL,
+            TensorValues::U8(_) => DataType::UINT8,
+            TensorValues::I8(_) => DataType::INT8,
+            TensorValues::I16(_) => DataType::INT16,
+            TensorValues::I32(_) => DataType::INT32,
+            TensorValues::I64(_) => DataType::INT64,
+            TensorValues::F32(_) => DataType::FP32,
+            TensorValues::F64(_) => DataType::FP64,
         }
     }
 
@@ -341,6 +364,34 @@ impl TensorData {
     /// Whether there are no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The values of a tract tensor, borrowed from its buffer (`Err` for element types
+    /// without a v2 datatype).
+    pub fn of_tract(name: &str, tensor: &'a Tensor) -> Result<Self, TensorError> {
+        let unsupported = || TensorError::Unsupported {
+            name: name.into(),
+            datatype: format!("{:?}", tensor.datum_type()),
+        };
+        let plain = tensor.try_as_plain_ram().map_err(|_| unsupported())?;
+        macro_rules! view {
+            ($t:ty, $variant:ident) => {
+                TensorValues::$variant(plain.as_slice::<$t>().map_err(|_| unsupported())?)
+            };
+        }
+        Ok(
+            match datatype_of(tensor.datum_type()).ok_or_else(unsupported)? {
+                DataType::BOOL => view!(bool, Bool),
+                DataType::UINT8 => view!(u8, U8),
+                DataType::INT8 => view!(i8, I8),
+                DataType::INT16 => view!(i16, I16),
+                DataType::INT32 => view!(i32, I32),
+                DataType::INT64 => view!(i64, I64),
+                DataType::FP32 => view!(f32, F32),
+                DataType::FP64 => view!(f64, F64),
+                DataType::FP16 => return Err(unsupported()),
+            },
+        )
     }
 
     /// The first element outside `[low, high]` (as f64; NaN is outside), with its index: one
@@ -366,13 +417,132 @@ impl TensorData {
     /// The first NaN or infinite element (index and value); `None` for integer types.
     pub fn first_non_finite(&self) -> Option<(usize, f64)> {
         match self {
-            TensorData::F32(v) => v
+            TensorValues::F32(v) => v
                 .iter()
                 .position(|x| !x.is_finite())
                 .map(|i| (i, f64::from(v[i]))),
-            TensorData::F64(v) => v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i])),
+            TensorValues::F64(v) => v.iter().position(|x| !x.is_finite()).map(|i| (i, v[i])),
             _ => None,
         }
+    }
+
+    /// Bytes of [`TensorValues::write_le_bytes`], without making them.
+    pub fn byte_len(&self) -> usize {
+        self.len() * self.datatype().size()
+    }
+
+    /// Appends the values as little-endian, row-major bytes (the binary tensor extension;
+    /// `BOOL` is one byte, 0 or 1) to `out`.
+    pub fn write_le_bytes(&self, out: &mut Vec<u8>) {
+        out.reserve(self.byte_len());
+        match self {
+            TensorValues::Bool(v) => out.extend(v.iter().map(|&b| u8::from(b))),
+            TensorValues::U8(v) => out.extend_from_slice(v),
+            TensorValues::I8(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+            TensorValues::I16(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+            TensorValues::I32(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+            TensorValues::I64(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+            TensorValues::F32(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+            TensorValues::F64(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
+        }
+    }
+
+    /// The values as little-endian, row-major bytes.
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.byte_len());
+        self.write_le_bytes(&mut out);
+        out
+    }
+}
+
+/// Serialises as a flat JSON array in the element type (f32 printed in its own shortest
+/// form, so `0.1f32` is `0.1`). Non-finite floats cannot be JSON: callers check first.
+impl Serialize for TensorValues<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        each_variant!(self, v => v.serialize(serializer))
+    }
+}
+
+/// A tract tensor of `shape` straight from little-endian, row-major bytes (the binary
+/// tensor extension of the v2 protocol; `BOOL` is one byte, 0 or 1): one copy, into tract's
+/// aligned buffer. `Err` says why the bytes do not fit.
+pub fn tract_from_le_bytes(
+    datatype: DataType,
+    shape: &[usize],
+    bytes: &[u8],
+) -> Result<Tensor, String> {
+    let count = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    let needed = count.and_then(|n| n.checked_mul(datatype.size()));
+    if needed != Some(bytes.len()) {
+        return Err(format!(
+            "{} bytes do not make a {} tensor of shape {shape:?}",
+            bytes.len(),
+            datatype.name()
+        ));
+    }
+    if datatype == DataType::BOOL {
+        if let Some((i, other)) = bytes.iter().enumerate().find(|(_, &b)| b > 1) {
+            return Err(format!("BOOL element #{i} is byte {other}, not 0 or 1"));
+        }
+    }
+    // tract's buffer holds elements in the machine's byte order: on a little-endian machine
+    // (every target mintd is built for) the wire bytes are the buffer, copied as they are.
+    if cfg!(target_endian = "little") && datatype != DataType::FP16 {
+        // SAFETY: `from_raw_dt` copies `bytes` into a new buffer of `shape` (it checks the
+        // length itself, and it was checked above) and is unsafe only because the bytes must
+        // be valid values of the datum type. Every bit pattern is a valid u8, i8, i16, i32,
+        // i64, f32 or f64; a bool must be 0 or 1, which was checked above for BOOL.
+        return unsafe { Tensor::from_raw_dt(datum_type_of(datatype), shape, bytes) }
+            .map_err(|e| format!("{e:#}"));
+    }
+    TensorData::from_le_bytes(datatype, bytes)?
+        .into_tract("", shape)
+        .map_err(|e| e.to_string())
+}
+
+/// The tract datum type of a v2 datatype.
+fn datum_type_of(datatype: DataType) -> DatumType {
+    match datatype {
+        DataType::BOOL => DatumType::Bool,
+        DataType::UINT8 => DatumType::U8,
+        DataType::INT8 => DatumType::I8,
+        DataType::INT16 => DatumType::I16,
+        DataType::INT32 => DatumType::I32,
+        DataType::INT64 => DatumType::I64,
+        DataType::FP16 => DatumType::F16,
+        DataType::FP32 => DatumType::F32,
+        DataType::FP64 => DatumType::F64,
+    }
+}
+
+impl TensorData {
+    /// The values, borrowed.
+    pub fn values(&self) -> TensorValues<'_> {
+        match self {
+            TensorData::Bool(v) => TensorValues::Bool(v),
+            TensorData::U8(v) => TensorValues::U8(v),
+            TensorData::I8(v) => TensorValues::I8(v),
+            TensorData::I16(v) => TensorValues::I16(v),
+            TensorData::I32(v) => TensorValues::I32(v),
+            TensorData::I64(v) => TensorValues::I64(v),
+            TensorData::F32(v) => TensorValues::F32(v),
+            TensorData::F64(v) => TensorValues::F64(v),
+        }
+    }
+
+    /// The element type.
+    pub fn datatype(&self) -> DataType {
+        self.values().datatype()
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.values().len()
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Decodes little-endian, row-major bytes (the binary tensor extension of the v2
@@ -423,33 +593,6 @@ impl TensorData {
         })
     }
 
-    /// Encodes as little-endian, row-major bytes (the binary tensor extension).
-    pub fn to_le_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.byte_len());
-        self.write_le_bytes(&mut out);
-        out
-    }
-
-    /// Bytes of [`TensorData::to_le_bytes`], without making them.
-    pub fn byte_len(&self) -> usize {
-        self.len() * self.datatype().size()
-    }
-
-    /// Appends [`TensorData::to_le_bytes`] to `out`.
-    pub fn write_le_bytes(&self, out: &mut Vec<u8>) {
-        out.reserve(self.byte_len());
-        match self {
-            TensorData::Bool(v) => out.extend(v.iter().map(|&b| u8::from(b))),
-            TensorData::U8(v) => out.extend_from_slice(v),
-            TensorData::I8(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
-            TensorData::I16(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
-            TensorData::I32(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
-            TensorData::I64(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
-            TensorData::F32(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
-            TensorData::F64(v) => out.extend(v.iter().flat_map(|x| x.to_le_bytes())),
-        }
-    }
-
     /// A tract tensor of this shape (one copy, into tract's aligned buffer).
     pub fn into_tract(self, name: &str, shape: &[usize]) -> Result<Tensor, TensorError> {
         let expected = shape.iter().map(|&d| d as u128).product::<u128>();
@@ -463,47 +606,21 @@ impl TensorData {
         if expected != got as u128 {
             return Err(count());
         }
-        each_variant!(self, v => Tensor::from_shape(shape, &v).map_err(|_| count()))
+        each_variant!(self.values(), v => Tensor::from_shape(shape, v).map_err(|_| count()))
     }
 
-    /// The values of a tract tensor (`Err` for element types without a v2 datatype).
+    /// The values of a tract tensor, copied (`Err` for element types without a v2 datatype).
     pub fn from_tract(name: &str, tensor: &Tensor) -> Result<Self, TensorError> {
-        let unsupported = || TensorError::Unsupported {
-            name: name.into(),
-            datatype: format!("{:?}", tensor.datum_type()),
-        };
-        macro_rules! collect {
-            ($t:ty, $variant:ident) => {
-                TensorData::$variant(
-                    tensor
-                        .try_as_plain_ram()
-                        .and_then(|view| view.as_slice::<$t>())
-                        .map_err(|_| unsupported())?
-                        .to_vec(),
-                )
-            };
-        }
-        Ok(
-            match datatype_of(tensor.datum_type()).ok_or_else(unsupported)? {
-                DataType::BOOL => collect!(bool, Bool),
-                DataType::UINT8 => collect!(u8, U8),
-                DataType::INT8 => collect!(i8, I8),
-                DataType::INT16 => collect!(i16, I16),
-                DataType::INT32 => collect!(i32, I32),
-                DataType::INT64 => collect!(i64, I64),
-                DataType::FP32 => collect!(f32, F32),
-                DataType::FP64 => collect!(f64, F64),
-                DataType::FP16 => return Err(unsupported()),
-            },
-        )
-    }
-}
-
-/// Serialises as a flat JSON array in the element type (f32 printed in its own shortest
-/// form, so `0.1f32` is `0.1`). Non-finite floats cannot be JSON: callers check first.
-impl Serialize for TensorData {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        each_variant!(self, v => v.serialize(serializer))
+        Ok(match TensorValues::of_tract(name, tensor)? {
+            TensorValues::Bool(v) => TensorData::Bool(v.to_vec()),
+            TensorValues::U8(v) => TensorData::U8(v.to_vec()),
+            TensorValues::I8(v) => TensorData::I8(v.to_vec()),
+            TensorValues::I16(v) => TensorData::I16(v.to_vec()),
+            TensorValues::I32(v) => TensorData::I32(v.to_vec()),
+            TensorValues::I64(v) => TensorData::I64(v.to_vec()),
+            TensorValues::F32(v) => TensorData::F32(v.to_vec()),
+            TensorValues::F64(v) => TensorData::F64(v.to_vec()),
+        })
     }
 }
 
@@ -514,16 +631,25 @@ mod tests {
     #[test]
     fn the_first_value_outside_a_range_is_found_in_every_type() {
         let f = TensorData::F32(vec![0.5, 1.0, 1.5, f32::NAN]);
-        assert_eq!(f.first_outside(-1.0, 1.0), Some((2, 1.5)));
+        assert_eq!(f.values().first_outside(-1.0, 1.0), Some((2, 1.5)));
         let nan = TensorData::F32(vec![0.0, f32::NAN]);
-        assert!(matches!(nan.first_outside(-1.0, 1.0), Some((1, x)) if x.is_nan()));
+        assert!(matches!(nan.values().first_outside(-1.0, 1.0), Some((1, x)) if x.is_nan()));
         assert_eq!(
-            TensorData::U8(vec![0, 9, 10]).first_outside(0.0, 9.0),
+            TensorData::U8(vec![0, 9, 10])
+                .values()
+                .first_outside(0.0, 9.0),
             Some((2, 10.0))
         );
-        assert_eq!(TensorData::I64(vec![-3, 3]).first_outside(-3.0, 3.0), None);
         assert_eq!(
-            TensorData::Bool(vec![false, true]).first_outside(0.0, 0.0),
+            TensorData::I64(vec![-3, 3])
+                .values()
+                .first_outside(-3.0, 3.0),
+            None
+        );
+        assert_eq!(
+            TensorData::Bool(vec![false, true])
+                .values()
+                .first_outside(0.0, 0.0),
             Some((1, 1.0))
         );
     }
@@ -536,14 +662,14 @@ mod tests {
             TensorData::Bool(vec![true, false, true]),
             TensorData::F64(vec![0.1]),
         ] {
-            let bytes = data.to_le_bytes();
-            assert_eq!(bytes.len(), data.byte_len());
+            let bytes = data.values().to_le_bytes();
+            assert_eq!(bytes.len(), data.values().byte_len());
             assert_eq!(
                 TensorData::from_le_bytes(data.datatype(), &bytes).unwrap(),
                 data
             );
             let mut appended = vec![7u8];
-            data.write_le_bytes(&mut appended);
+            data.values().write_le_bytes(&mut appended);
             assert_eq!(&appended[1..], &bytes[..]);
         }
     }
@@ -554,6 +680,40 @@ mod tests {
         let tensor = data.clone().into_tract("x", &[2, 3]).unwrap();
         assert_eq!(tensor.shape(), &[2, 3]);
         assert_eq!(TensorData::from_tract("x", &tensor).unwrap(), data);
+        assert_eq!(
+            TensorValues::of_tract("x", &tensor).unwrap(),
+            TensorValues::F32(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+        );
         assert!(data.into_tract("x", &[4, 2]).is_err());
+    }
+
+    #[test]
+    fn wire_bytes_become_a_tract_tensor_in_one_copy_with_the_decoders_answers() {
+        let cases = [
+            TensorData::F32(vec![1.5, -2.0, f32::MIN_POSITIVE, 0.0, -0.0, 7.25]),
+            TensorData::F64(vec![0.1, -1e300]),
+            TensorData::I64(vec![i64::MIN, -1, 0, i64::MAX]),
+            TensorData::I32(vec![-5, 5]),
+            TensorData::I16(vec![-1, 300]),
+            TensorData::I8(vec![-128, 127]),
+            TensorData::U8(vec![0, 255]),
+            TensorData::Bool(vec![true, false]),
+        ];
+        for data in cases {
+            let bytes = data.values().to_le_bytes();
+            let shape = [1, data.len()];
+            let tensor = tract_from_le_bytes(data.datatype(), &shape, &bytes).unwrap();
+            assert_eq!(tensor.shape(), &shape);
+            assert_eq!(tensor, data.clone().into_tract("x", &shape).unwrap());
+            assert_eq!(TensorValues::of_tract("x", &tensor).unwrap(), data.values());
+        }
+        let e = tract_from_le_bytes(DataType::BOOL, &[3], &[0, 1, 2]).unwrap_err();
+        assert_eq!(e, "BOOL element #2 is byte 2, not 0 or 1");
+        let e = tract_from_le_bytes(DataType::FP32, &[2, 2], &[0; 12]).unwrap_err();
+        assert_eq!(e, "12 bytes do not make a FP32 tensor of shape [2, 2]");
+        let e = tract_from_le_bytes(DataType::FP32, &[usize::MAX, 2], &[0; 8]).unwrap_err();
+        assert!(e.starts_with("8 bytes do not make"), "{e}");
+        let e = tract_from_le_bytes(DataType::FP16, &[1], &[0; 2]).unwrap_err();
+        assert_eq!(e, "FP16 tensors are not supported");
     }
 }

@@ -69,8 +69,14 @@ fuzz_target!(|data: &[u8]| {
     match guard::check_inputs(&specs, &GuardSettings::default(), &request.inputs) {
         Ok(checked) => {
             for c in &checked {
-                let count: usize = c.shape.iter().product();
-                assert_eq!(c.data.len(), count, "{} holds the wrong number of values", c.name);
+                let count: usize = c.tensor.shape().iter().product();
+                let values = c.values();
+                assert_eq!(values.len(), count, "{} holds the wrong number of values", c.name);
+                assert!(
+                    values.first_non_finite().is_none(),
+                    "{} passed with a non-finite value",
+                    c.name
+                );
             }
         }
         Err(refusal) => assert!(!refusal.message.is_empty(), "a refusal must say why"),

@@ -19,9 +19,10 @@ use hyper::StatusCode;
 use mint_config::Api;
 use mint_updater::manifest::{DataType, GuardSettings, TensorSpec};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tract_onnx::prelude::{IntoTValue, TValue, TVec};
 
 use super::infer::{InputData, RequestInput, RequestedOutput, Scalar};
-use crate::tensor::TensorData;
+use crate::tensor::{tract_from_le_bytes, TensorData, TensorValues};
 
 /// Why a request was refused or failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,15 +184,24 @@ fn refuse<T>(reason: Reason, message: String) -> Result<T, Refusal> {
     Err(Refusal::new(reason, message))
 }
 
-/// An input that passed every check, ready for the engine.
+/// An input that passed every check, ready for the engine: already tract's value, made
+/// with one copy of the request's bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckedInput<'a> {
     /// Input name (the request's).
     pub name: &'a str,
-    /// Shape.
-    pub shape: Vec<usize>,
-    /// Values.
-    pub data: TensorData,
+    /// Shape and values.
+    pub tensor: TValue,
+}
+
+impl CheckedInput<'_> {
+    /// The values, borrowed from the tensor.
+    pub fn values(&self) -> TensorValues<'_> {
+        // Checked inputs are made here, from a v2 datatype that tract has (FP16 is refused
+        // before), into tract's plain buffer: the view cannot fail.
+        TensorValues::of_tract(self.name, &self.tensor)
+            .expect("a checked input is a plain tensor of a v2 datatype")
+    }
 }
 
 /// Checks a request's inputs against the manifest's input specs: every input named once,
@@ -291,7 +301,7 @@ fn check_input<'a>(
                 format!("input {name:?}: shape {shape:?} has too many elements"),
             )
         })?;
-    let data = match &input.data {
+    let tensor = match &input.data {
         InputData::Json(values) => {
             if values.len() != count {
                 return refuse(
@@ -303,6 +313,8 @@ fn check_input<'a>(
                 );
             }
             from_scalars(name, datatype, values)?
+                .into_tract(name, &shape)
+                .map_err(|e| Refusal::new(Reason::Count, e.to_string()))?
         }
         InputData::Binary(bytes) => {
             let needed = count.checked_mul(datatype.size());
@@ -318,10 +330,15 @@ fn check_input<'a>(
                     ),
                 );
             }
-            TensorData::from_le_bytes(datatype, bytes)
+            tract_from_le_bytes(datatype, &shape, bytes)
                 .map_err(|e| Refusal::new(Reason::Value, format!("input {name:?}: {e}")))?
         }
     };
+    let checked = CheckedInput {
+        name: &input.name,
+        tensor: tensor.into_tvalue(),
+    };
+    let data = checked.values();
     if let Some((index, value)) = data.first_non_finite() {
         return refuse(
             Reason::NonFinite,
@@ -341,11 +358,7 @@ fn check_input<'a>(
             );
         }
     }
-    Ok(CheckedInput {
-        name: &input.name,
-        shape,
-        data,
-    })
+    Ok(checked)
 }
 
 /// The shape of an input against its spec: same rank, fixed dimensions equal, no negative or
@@ -355,7 +368,7 @@ fn check_shape(
     spec: &TensorSpec,
     max_batch: u32,
     shape: &[i64],
-) -> Result<Vec<usize>, Refusal> {
+) -> Result<TVec<usize>, Refusal> {
     let mismatch = || {
         Refusal::new(
             Reason::Shape,
@@ -368,7 +381,7 @@ fn check_shape(
     if shape.len() != spec.shape.len() {
         return Err(mismatch());
     }
-    let mut out = Vec::with_capacity(shape.len());
+    let mut out = TVec::with_capacity(shape.len());
     for (axis, (&got, &want)) in shape.iter().zip(&spec.shape).enumerate() {
         if got <= 0 {
             return refuse(
@@ -500,8 +513,10 @@ pub fn check_requested_outputs(
 }
 
 /// Output sanity: a NaN or infinity in any output is the model's failure, not an answer.
-pub fn check_outputs(outputs: &[(String, Vec<usize>, TensorData)]) -> Result<(), Refusal> {
-    for (name, _, data) in outputs {
+pub fn check_outputs<'a>(
+    outputs: impl IntoIterator<Item = (&'a str, TensorValues<'a>)>,
+) -> Result<(), Refusal> {
+    for (name, data) in outputs {
         if let Some((index, value)) = data.first_non_finite() {
             return refuse(
                 Reason::NonFiniteOutput,
@@ -837,8 +852,8 @@ mod tests {
         let sent = [input("x", &[2, 2], &[0.5, -1.0, 1.0, 0.0])];
         let ok = check_inputs(&specs, &guard(8), &sent).unwrap();
         assert_eq!(ok[0].name, "x");
-        assert_eq!(ok[0].shape, vec![2, 2]);
-        assert_eq!(ok[0].data, TensorData::F32(vec![0.5, -1.0, 1.0, 0.0]));
+        assert_eq!(ok[0].tensor.shape(), &[2, 2]);
+        assert_eq!(ok[0].values(), TensorValues::F32(&[0.5, -1.0, 1.0, 0.0]));
     }
 
     #[test]
@@ -984,7 +999,7 @@ mod tests {
         };
         let sent = [mk(bytes.clone())];
         let ok = check_inputs(&specs, &guard(8), &sent).unwrap();
-        assert_eq!(ok[0].data, TensorData::F32(vec![1.5, -2.0]));
+        assert_eq!(ok[0].values(), TensorValues::F32(&[1.5, -2.0]));
         let r = refused(check_inputs(&specs, &guard(8), &[mk(bytes[..7].to_vec())]));
         assert_eq!(r.reason, Reason::Count);
         assert_eq!(
@@ -1048,7 +1063,7 @@ mod tests {
         };
         let sent = [mk(vec![Scalar::UInt(255), Scalar::Int(0)])];
         let ok = check_inputs(&ints, &guard(8), &sent).unwrap();
-        assert_eq!(ok[0].data, TensorData::U8(vec![255, 0]));
+        assert_eq!(ok[0].values(), TensorValues::U8(&[255, 0]));
         let r = refused(check_inputs(
             &ints,
             &guard(8),
@@ -1082,9 +1097,8 @@ mod tests {
         let r = check_requested_outputs(&specs, &[req("y"), req("y")]).unwrap_err();
         assert_eq!(r.reason, Reason::OutputName);
 
-        check_outputs(&[("y".into(), vec![1, 2], TensorData::F32(vec![1.0, 2.0]))]).unwrap();
-        let r = check_outputs(&[("y".into(), vec![1, 2], TensorData::F32(vec![1.0, f32::NAN]))])
-            .unwrap_err();
+        check_outputs([("y", TensorValues::F32(&[1.0, 2.0]))]).unwrap();
+        let r = check_outputs([("y", TensorValues::F32(&[1.0, f32::NAN]))]).unwrap_err();
         assert_eq!(r.reason, Reason::NonFiniteOutput);
         assert_eq!(r.reason.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(r.reason.is_model_fault());

@@ -44,8 +44,8 @@ use super::guard::{self, Reason, Refusal};
 use super::metrics::Served;
 use super::peer::Caller;
 use super::registry::LoadedModel;
-use crate::tensor::{Moments, TensorData};
-use tract_onnx::prelude::TVec;
+use crate::tensor::{Moments, TensorError, TensorValues};
+use tract_onnx::prelude::{TValue, TVec};
 
 /// The header of the binary tensor data extension: the length of the JSON part.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -503,15 +503,15 @@ pub fn parse_request(
     })
 }
 
-/// One output of an answer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ResponseOutput {
+/// One output of an answer, borrowed from what the model produced.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ResponseOutput<'a> {
     /// Name.
-    pub name: String,
+    pub name: &'a str,
     /// Shape.
-    pub shape: Vec<usize>,
+    pub shape: &'a [usize],
     /// Values.
-    pub data: TensorData,
+    pub data: TensorValues<'a>,
     /// Sent in the binary part.
     pub binary: bool,
 }
@@ -533,7 +533,7 @@ struct WireResponseOutput<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     parameters: Option<BinaryParameters>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<&'a TensorData>,
+    data: Option<TensorValues<'a>>,
 }
 
 #[derive(Serialize)]
@@ -564,13 +564,13 @@ pub fn encode_response(
         outputs: outputs
             .iter()
             .map(|o| WireResponseOutput {
-                name: &o.name,
+                name: o.name,
                 datatype: o.data.datatype().name(),
-                shape: &o.shape,
+                shape: o.shape,
                 parameters: o.binary.then(|| BinaryParameters {
                     binary_data_size: o.data.byte_len(),
                 }),
-                data: (!o.binary).then_some(&o.data),
+                data: (!o.binary).then_some(o.data),
             })
             .collect(),
     };
@@ -833,8 +833,23 @@ fn deadline_refusal(reason: Reason, when: &str, budget: Duration) -> Refusal {
     )
 }
 
-/// One output as the model produced it: name, shape, values.
-pub type Produced = (String, Vec<usize>, TensorData);
+/// One output as the model produced it: its name (the model's) and tract's value, which
+/// the answer is encoded from without a copy.
+#[derive(Debug)]
+pub struct Produced<'m> {
+    /// Output name.
+    pub name: &'m str,
+    /// Shape and values.
+    pub tensor: TValue,
+}
+
+impl Produced<'_> {
+    /// The values, borrowed from the tensor (`Err` for an element type without a v2
+    /// datatype).
+    pub fn values(&self) -> Result<TensorValues<'_>, TensorError> {
+        TensorValues::of_tract(self.name, &self.tensor)
+    }
+}
 
 /// On the blocking pool (or inline for a small model): the request checked against what the
 /// operator signed, the guarded run, the encoded answer. Public for the inference benchmark,
@@ -869,40 +884,23 @@ pub fn run(
         drift,
     )?;
     let manifest = &model.installed.manifest;
-    let selected: Vec<ResponseOutput> = match &request.outputs {
+    let selected: TVec<ResponseOutput> = match &request.outputs {
         None => produced
-            .into_iter()
-            .map(|(name, shape, data)| ResponseOutput {
-                name,
-                shape,
-                data,
-                binary: request.binary_output,
+            .iter()
+            .map(|p| response_output(p, request.binary_output))
+            .collect::<Result<_, Refusal>>()?,
+        Some(wanted) => wanted
+            .iter()
+            .map(|w| {
+                let p = produced.iter().find(|p| p.name == w.name).ok_or_else(|| {
+                    Refusal::new(
+                        Reason::Engine,
+                        format!("the model did not produce output {:?}", w.name),
+                    )
+                })?;
+                response_output(p, w.binary.unwrap_or(request.binary_output))
             })
-            .collect(),
-        Some(wanted) => {
-            let mut produced = produced;
-            wanted
-                .iter()
-                .map(|w| {
-                    let at = produced
-                        .iter()
-                        .position(|(n, _, _)| *n == w.name)
-                        .ok_or_else(|| {
-                            Refusal::new(
-                                Reason::Engine,
-                                format!("the model did not produce output {:?}", w.name),
-                            )
-                        })?;
-                    let (name, shape, data) = produced.swap_remove(at);
-                    Ok(ResponseOutput {
-                        name,
-                        shape,
-                        data,
-                        binary: w.binary.unwrap_or(request.binary_output),
-                    })
-                })
-                .collect::<Result<_, Refusal>>()?
-        }
+            .collect::<Result<_, Refusal>>()?,
     };
     Ok(encode_response(
         name,
@@ -912,23 +910,38 @@ pub fn run(
     ))
 }
 
+/// An output in the answer, as the model produced it.
+fn response_output<'a>(p: &'a Produced<'_>, binary: bool) -> Result<ResponseOutput<'a>, Refusal> {
+    Ok(ResponseOutput {
+        name: p.name,
+        shape: p.tensor.shape(),
+        data: p.values().map_err(model_output)?,
+        binary,
+    })
+}
+
+fn model_output(e: TensorError) -> Refusal {
+    Refusal::new(Reason::Engine, format!("model output: {e}"))
+}
+
 /// The guard around one run, in process: the inputs (as a client sends them: name,
 /// datatype, shape, values) against the signed manifest, the deadline, the engine with
 /// panics contained, output sanity, and the drift statistics. Every output of the model,
 /// in the model's order. What the endpoint runs between decoding a request and encoding its
 /// answer; the inference benchmark compares it with raw tract.
-pub fn guarded_run(
-    model: &LoadedModel,
+pub fn guarded_run<'m>(
+    model: &'m LoadedModel,
     name: &str,
     sent: &[RequestInput],
     deadline: std::time::Instant,
     budget: Duration,
     started: &AtomicBool,
     drift: &DriftMonitor,
-) -> Result<Vec<Produced>, Refusal> {
+) -> Result<TVec<Produced<'m>>, Refusal> {
     let manifest = &model.installed.manifest;
     let inputs = guard::check_inputs(&manifest.inputs, &manifest.guard, sent)?;
-    if std::time::Instant::now() >= deadline {
+    let now = std::time::Instant::now();
+    if now >= deadline {
         return Err(Refusal::new(
             Reason::DeadlineWaiting,
             format!(
@@ -940,35 +953,29 @@ pub fn guarded_run(
     // Drift needs the inputs' statistics; only models whose manifest has a reference pay.
     let watched = manifest.reference.is_some();
     let input_moments: TVec<Moments> = if watched {
-        inputs.iter().map(|c| c.data.moments()).collect()
+        inputs.iter().map(|c| c.values().moments()).collect()
     } else {
         TVec::new()
     };
     // In the model's order: every name was matched against the manifest, and the manifest's
     // inputs are the model's (checked when the bundle was made and when it was installed).
     let engine = &model.engine;
-    let mut inputs: TVec<Option<guard::CheckedInput<'_>>> = inputs.into_iter().map(Some).collect();
+    let mut inputs = inputs;
     let mut ordered = TVec::new();
     for spec in engine.inputs() {
-        let checked = inputs
-            .iter_mut()
-            .find(|c| c.as_ref().is_some_and(|c| c.name == spec.name))
-            .and_then(Option::take)
+        let at = inputs
+            .iter()
+            .position(|c| c.name == spec.name)
             .ok_or_else(|| {
                 Refusal::new(
                     Reason::Engine,
                     format!("the model's input {:?} is not in its manifest", spec.name),
                 )
             })?;
-        ordered.push(
-            checked
-                .data
-                .into_tract(checked.name, &checked.shape)
-                .map_err(|e| malformed(e.to_string()))?,
-        );
+        ordered.push(inputs.swap_remove(at).tensor);
     }
     started.store(true, Ordering::Release);
-    let outputs = match guard::contain_panic(|| engine.run_ordered(ordered)) {
+    let outputs = match guard::contain_panic(|| engine.run_values(ordered, now)) {
         Ok(Ok(outputs)) => outputs,
         Ok(Err(e)) => return Err(Refusal::new(Reason::Engine, e.to_string())),
         Err(panic) => {
@@ -978,36 +985,43 @@ pub fn guarded_run(
             ))
         }
     };
-    let produced = engine
+    let produced: TVec<Produced<'m>> = engine
         .outputs()
         .iter()
-        .zip(&outputs)
-        .map(|(spec, tensor)| {
-            let data = TensorData::from_tract(&spec.name, tensor)?;
-            Ok((spec.name.clone(), tensor.shape().to_vec(), data))
+        .zip(outputs)
+        .map(|(spec, tensor)| Produced {
+            name: &spec.name,
+            tensor,
         })
-        .collect::<Result<Vec<Produced>, crate::tensor::TensorError>>()
-        .map_err(|e| Refusal::new(Reason::Engine, format!("model output: {e}")))?;
-    guard::check_outputs(&produced)?;
-    if watched {
-        // check_inputs answers in request order: the moments line up with what was sent.
-        let all: TVec<(Side, &str, Moments)> = sent
+        .collect();
+    // The checks read the outputs in place; the answer is encoded from the same buffers.
+    {
+        let values = produced
             .iter()
-            .zip(&input_moments)
-            .map(|(i, m)| (Side::Input, i.name.as_str(), *m))
-            .chain(
-                produced
-                    .iter()
-                    .map(|(n, _, data)| (Side::Output, n.as_str(), data.moments())),
-            )
-            .collect();
-        drift.observe(
-            name,
-            &manifest.version,
-            &model.installed.rev.digest,
-            manifest.reference.as_ref(),
-            &all,
-        );
+            .map(|p| Ok((p.name, p.values()?)))
+            .collect::<Result<TVec<_>, TensorError>>()
+            .map_err(model_output)?;
+        guard::check_outputs(values.iter().copied())?;
+        if watched {
+            // check_inputs answers in request order: the moments line up with what was sent.
+            let all: TVec<(Side, &str, Moments)> = sent
+                .iter()
+                .zip(&input_moments)
+                .map(|(i, m)| (Side::Input, i.name.as_str(), *m))
+                .chain(
+                    values
+                        .iter()
+                        .map(|(n, data)| (Side::Output, *n, data.moments())),
+                )
+                .collect();
+            drift.observe(
+                name,
+                &manifest.version,
+                &model.installed.rev.digest,
+                manifest.reference.as_ref(),
+                &all,
+            );
+        }
     }
     Ok(produced)
 }
@@ -1231,15 +1245,15 @@ mod tests {
     fn responses_in_json_and_binary() {
         let outputs = vec![
             ResponseOutput {
-                name: "y".into(),
-                shape: vec![1, 2],
-                data: TensorData::F32(vec![0.1, -2.0]),
+                name: "y",
+                shape: &[1, 2],
+                data: TensorValues::F32(&[0.1, -2.0]),
                 binary: false,
             },
             ResponseOutput {
-                name: "z".into(),
-                shape: vec![1],
-                data: TensorData::I64(vec![-1]),
+                name: "z",
+                shape: &[1],
+                data: TensorValues::I64(&[-1]),
                 binary: false,
             },
         ];
