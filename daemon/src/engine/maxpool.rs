@@ -37,15 +37,11 @@ impl EvalOp for MaxPool2x2S2 {
             bail!("MaxPool2x2S2 wants a rank-4 input, got {:?}", input.shape());
         };
         let mut output = Tensor::zero::<f32>(&[n, c, h / 2, w / 2])?;
-        let plain = input.try_as_plain_ram()?;
-        let mut out_plain = output.try_as_plain_ram_mut()?;
-        pool_planes(
-            plain.as_slice::<f32>()?,
-            out_plain.as_slice_mut::<f32>()?,
-            h,
-            w,
-        );
-        drop(out_plain);
+        {
+            let input = input.try_as_plain_ram()?;
+            let mut out = output.try_as_plain_ram_mut()?;
+            pool_planes(input.as_slice::<f32>()?, out.as_slice_mut::<f32>()?, h, w);
+        }
         Ok(tvec!(output.into_tvalue()))
     }
 }
@@ -293,7 +289,15 @@ mod tests {
 
     #[test]
     fn other_pools_keep_tracts_operator() {
-        let cases: [(&[usize], DataFormat, [usize; 2], [usize; 2], PaddingSpec); 8] = [
+        // Input shape, layout, kernel, strides, padding.
+        type Case = (
+            &'static [usize],
+            DataFormat,
+            [usize; 2],
+            [usize; 2],
+            PaddingSpec,
+        );
+        let cases: [Case; 8] = [
             (
                 &[1, 2, 8, 8],
                 DataFormat::NCHW,
