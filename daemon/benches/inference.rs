@@ -11,11 +11,13 @@
 //! the generator to separate CPUs), `BENCH_TRACE` (a path: every open-loop run writes each
 //! request's scheduled time and latency to `PATH.RATE`), `BENCH_MODELS` (comma-separated, default `mlp,convnet`).
 //!
-//! A. In process, on one thread, against tract's own `run` on the same model and input: the
+//! A. In process, on one thread, against tract's own `run` on the same plan and input (the
+//!    plan mintd runs: `mintd::engine::optimize`, tract's optimisation with mintd's kernels): the
 //!    guard alone (`infer::guarded_run`: the manifest's checks, the deadline, tract through the
 //!    engine with panics contained, output sanity, drift statistics; tensors in and out like
 //!    raw tract), and the whole request (`infer::parse_request` + `infer::run`: the same plus
-//!    decoding the request and encoding the answer).
+//!    decoding the request and encoding the answer). One more line per model: tract's stock
+//!    plan (without mintd's kernels), measured in the same turns, against mintd's plan.
 //! B. End to end over the Unix socket against the release `mintd`: latency added over raw
 //!    tract at low load (one connection), saturation throughput (closed loop), the highest
 //!    rate an open loop sustains (bisection), then p50/p99 of an open-loop load at 80 % of it
@@ -216,7 +218,8 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-/// Raw tract: the model optimised and made runnable as the engine does, and the input.
+/// Raw tract: the model optimised and made runnable as the engine does
+/// (`mintd::engine::optimize`: tract's optimisation with mintd's kernels), and the input.
 struct Raw {
     plan: Arc<TypedRunnableModel>,
     input: Tensor,
@@ -236,6 +239,8 @@ impl Raw {
 struct InProcess {
     /// tract's one-call API, `plan.run`: a new run state each time.
     raw: f64,
+    /// The same with tract's stock plan (`into_optimized` without mintd's kernels).
+    stock: f64,
     /// tract with one run state reused from run to run (`SimpleState::run`), its fastest path.
     raw_reused: f64,
     /// The guard alone (`infer::guarded_run`): tensors in, tensors out, like raw tract.
@@ -252,11 +257,16 @@ fn in_process(dir: &Path, bundle: &Path, b: &Bench, rounds: usize) -> (InProcess
     let (tx, _rx) = tokio::sync::mpsc::channel(1024);
     let drift = DriftMonitor::new(mint_config::Config::default().monitor, tx);
     let bytes = fs::read(fixture(b.file)).unwrap();
-    let plan = tract_onnx::onnx()
+    // The plan the engine runs, so that the guard's overhead is measured against it.
+    let plan = mintd::engine::optimize(&bytes)
+        .expect("mintd's typed model")
+        .into_runnable()
+        .expect("raw tract");
+    let stock_plan = tract_onnx::onnx()
         .model_for_read(&mut &bytes[..])
         .and_then(|m| m.into_optimized())
         .and_then(|m| m.into_runnable())
-        .expect("raw tract");
+        .expect("stock tract");
     let input = Tensor::from_shape(&b.shape, &b.values()).unwrap();
     let (binary, header_length) = b.binary_body();
     let binary = Bytes::from(binary);
@@ -267,6 +277,10 @@ fn in_process(dir: &Path, bundle: &Path, b: &Bench, rounds: usize) -> (InProcess
 
     let raw = || {
         let out = plan.run(tvec![input.clone().into_tvalue()]).unwrap();
+        std::hint::black_box(out);
+    };
+    let stock = || {
+        let out = stock_plan.run(tvec![input.clone().into_tvalue()]).unwrap();
         std::hint::black_box(out);
     };
     let state = std::cell::RefCell::new(plan.spawn().expect("run state"));
@@ -347,27 +361,40 @@ fn in_process(dir: &Path, bundle: &Path, b: &Bench, rounds: usize) -> (InProcess
         "{}: guarded (tensors) != raw",
         b.name
     );
+    let stock_answer = stock_plan.run(tvec![input.clone().into_tvalue()]).unwrap();
+    let stock_bytes: Vec<u8> = stock_answer[0]
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    assert_eq!(
+        stock_bytes, expected,
+        "{}: stock tract != mintd's plan",
+        b.name
+    );
 
     let guarded_binary = || guarded(&binary, Some(header_length.as_str()));
     let guarded_json = || guarded(&json, None);
-    let paths: [&dyn Fn(); 5] = [
+    let paths: [&dyn Fn(); 6] = [
         &raw,
         &raw_reused,
         &guarded_tensors,
         &guarded_binary,
         &guarded_json,
+        &stock,
     ];
     for _ in 0..b.iterations / 5 {
         for f in paths {
             f();
         }
     }
-    // The five take turns in short blocks (100 MLP runs, one convnet run), so that a change
+    // The six take turns in short blocks (100 MLP runs, one convnet run), so that a change
     // of the machine's speed during a round touches all of them alike.
     let block = (b.iterations / 200).max(1);
-    let mut per_round: [Vec<f64>; 5] = Default::default();
+    let mut per_round: [Vec<f64>; 6] = Default::default();
     for _ in 0..rounds {
-        let mut totals = [Duration::ZERO; 5];
+        let mut totals = [Duration::ZERO; 6];
         for _ in 0..b.iterations / block {
             for (total, f) in totals.iter_mut().zip(paths) {
                 let t = Instant::now();
@@ -382,9 +409,10 @@ fn in_process(dir: &Path, bundle: &Path, b: &Bench, rounds: usize) -> (InProcess
             series.push(us(total) / runs);
         }
     }
-    let [r, s, t, g, j] = per_round;
+    let [r, s, t, g, j, k] = per_round;
     let figures = InProcess {
         raw: median(r),
+        stock: median(k),
         raw_reused: median(s),
         tensors: median(t),
         binary: median(g),
@@ -879,7 +907,8 @@ fn main() {
 
     println!("\nA. in process, one thread (median of {rounds} rounds, µs per inference)");
     println!(
-        "(raw = tract's plan.run; reused = tract with one run state kept from run to run; \
+        "(raw = tract's plan.run on the plan mintd runs, tract's optimisation with mintd's \
+         kernels; reused = tract with one run state kept from run to run; \
          guarded = the guard alone, tensors in and out (infer::guarded_run); request = the \
          same plus decoding the request and encoding the answer, binary extension or JSON; \
          ratios to raw and to reused)"
@@ -911,6 +940,13 @@ fn main() {
             ratios(f.binary),
             f.json,
             ratios(f.json),
+        );
+        println!(
+            "{:<8} stock tract (without mintd's kernels) {:.2} µs per run, mintd's plan / stock \
+             {:.3}x",
+            "",
+            f.stock,
+            f.raw / f.stock
         );
         raws.push(runner);
     }

@@ -1,14 +1,17 @@
-//! Where tract spends its time on a model: each operator's mean time per run, as tract
-//! optimised it (the engine's path: `model_for_path`, `into_optimized`, `into_runnable`).
-//! Not part of mintd; used for the figures in docs/performance.md.
+//! Where tract spends its time on a model: each operator's mean time per run, in the plan
+//! mintd runs (`mintd::engine::optimize`: tract's `into_optimized` with mintd's own kernels
+//! substituted, then `into_runnable`), or with `--stock` in tract's own plan
+//! (`model_for_path`, `into_optimized`, `into_runnable`). Not part of mintd; used for the
+//! figures in docs/performance.md.
 //!
 //! ```sh
 //! cargo build --profile profiling --example tract_profile
 //! target/profiling/examples/tract_profile tests/fixtures/models/convnet.onnx 300
+//! target/profiling/examples/tract_profile --stock tests/fixtures/models/convnet.onnx 300
 //! ```
 //!
-//! Arguments: the ONNX file, the number of runs (default 200). Symbolic dimensions are run
-//! at 1; the input is a fixed ramp.
+//! Arguments: `--stock` (optional, first), the ONNX file, the number of runs (default 200).
+//! Symbolic dimensions are run at 1; the input is a fixed ramp.
 
 use std::time::{Duration, Instant};
 
@@ -16,15 +19,18 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::plan::eval;
 
 fn main() -> TractResult<()> {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    let stock = args.next_if(|a| a == "--stock").is_some();
     let path = args
         .next()
-        .ok_or_else(|| anyhow::anyhow!("usage: tract_profile MODEL.onnx [RUNS]"))?;
+        .ok_or_else(|| anyhow::anyhow!("usage: tract_profile [--stock] MODEL.onnx [RUNS]"))?;
     let runs: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(200);
-    let plan = tract_onnx::onnx()
-        .model_for_path(&path)?
-        .into_optimized()?
-        .into_runnable()?;
+    let typed = if stock {
+        tract_onnx::onnx().model_for_path(&path)?.into_optimized()?
+    } else {
+        mintd::engine::optimize(&std::fs::read(&path)?)?
+    };
+    let plan = typed.into_runnable()?;
     let shape: Vec<usize> = plan
         .model()
         .input_fact(0)?
@@ -53,7 +59,8 @@ fn main() -> TractResult<()> {
         )?;
     }
     let total = started.elapsed().as_secs_f64() * 1e6 / runs as f64;
-    println!("{path}: {total:.1} µs per run ({runs} runs, input {shape:?})");
+    let which = if stock { "stock tract" } else { "mintd's plan" };
+    println!("{path} ({which}): {total:.1} µs per run ({runs} runs, input {shape:?})");
     for node in plan.model().nodes() {
         let us = per_node[node.id].as_secs_f64() * 1e6 / runs as f64;
         if us >= 0.5 {

@@ -11,6 +11,10 @@ use tract_onnx::prelude::*;
 
 use crate::tensor::{datatype_of, TensorError, V2Tensor};
 
+mod maxpool;
+
+pub use maxpool::{substitute_kernels, MaxPool2x2S2};
+
 /// Why the engine refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -80,13 +84,8 @@ impl Engine {
 
     /// Loads model bytes the caller has just produced itself (`mintctl bundle create` reads
     /// the operator's own file); the device path uses [`Engine::load_verified`].
-    pub fn load_unchecked(mut bytes: &[u8]) -> Result<Self, EngineError> {
-        let model = tract_onnx::onnx()
-            .model_for_read(&mut bytes)
-            .map_err(|e| EngineError::Load(format!("{e:#}")))?;
-        let typed = model
-            .into_optimized()
-            .map_err(|e| EngineError::Load(format!("{e:#}")))?;
+    pub fn load_unchecked(bytes: &[u8]) -> Result<Self, EngineError> {
+        let typed = optimize(bytes)?;
         let inputs = describe(&typed, typed.input_outlets().map_err(load)?, "input")?;
         let outputs = describe(&typed, typed.output_outlets().map_err(load)?, "output")?;
         let plan = typed.into_runnable().map_err(load)?;
@@ -233,6 +232,17 @@ impl Engine {
     }
 }
 
+/// The typed model mintd runs for ONNX `bytes`: tract's optimised model with mintd's own
+/// kernels substituted ([`substitute_kernels`]). [`Engine::load_unchecked`] makes its plan
+/// from it; benchmarks and profiles call it to run the very same plan.
+pub fn optimize(mut bytes: &[u8]) -> Result<TypedModel, EngineError> {
+    let model = tract_onnx::onnx()
+        .model_for_read(&mut bytes)
+        .map_err(load)?;
+    let typed = model.into_optimized().map_err(load)?;
+    substitute_kernels(typed).map_err(load)
+}
+
 fn load(e: TractError) -> EngineError {
     EngineError::Load(format!("{e:#}"))
 }
@@ -333,6 +343,48 @@ mod tests {
         });
         let kept = engine.pool.as_ref().unwrap().lock().unwrap().len();
         assert!((1..=POOL_MAX).contains(&kept), "{kept} states kept");
+    }
+
+    #[test]
+    fn the_convnet_runs_mintds_pools_and_gives_stock_tracts_bits() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/models/convnet.onnx"
+        );
+        let engine = Engine::load_unchecked(&std::fs::read(path).unwrap()).unwrap();
+        let ops: Vec<String> = engine
+            .plan
+            .model()
+            .nodes()
+            .iter()
+            .map(|n| n.op().name().to_string())
+            .collect();
+        let count = |name: &str| ops.iter().filter(|op| *op == name).count();
+        assert_eq!(count("MaxPool2x2S2"), 3, "{ops:?}");
+        assert_eq!(count("OptMaxPool"), 0, "{ops:?}");
+        let stock = tract_onnx::onnx()
+            .model_for_path(path)
+            .unwrap()
+            .into_optimized()
+            .unwrap()
+            .into_runnable()
+            .unwrap();
+        let bits = |t: &Tensor| -> Vec<u32> {
+            t.to_plain_array_view::<f32>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect()
+        };
+        for seed in [0.37f32, 1.9, -5.3] {
+            let values: Vec<f32> = (0..3 * 64 * 64).map(|i| (i as f32 * seed).sin()).collect();
+            let image = Tensor::from_shape(&[1, 3, 64, 64], &values).unwrap();
+            let want = stock.run(tvec![image.clone().into_tvalue()]).unwrap();
+            let got = engine.run_tensors(vec![("image".into(), image)]).unwrap();
+            assert_eq!(got[0].0, "logits");
+            assert_eq!(got[0].1.shape(), [1, 10]);
+            assert_eq!(bits(&got[0].1), bits(&want[0]), "seed {seed}");
+        }
     }
 
     #[test]

@@ -1,0 +1,407 @@
+//! A faster 2×2, stride-2 f32 max pool for tract's optimised plans.
+//!
+//! tract-core 0.23.9 vectorises its 2×2 f32 pool only at stride 1; at stride 2 (the usual
+//! down-sampling pool of a convnet) it visits every tap through a scalar loop with bounds
+//! checks. [`substitute_kernels`] swaps each such `OptMaxPool` of an optimised model for
+//! [`MaxPool2x2S2`], which reads the two input rows of an output row as pairs and folds them
+//! exactly as tract does, so the outputs are the same bits.
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::cnn::{OptMaxPool, PaddingSpec};
+use tract_onnx::tract_core::ops::nn::DataFormat;
+
+/// Max pool of f32 NCHW tensors, kernel 2×2, stride 2, no dilation, no padding: output
+/// `[N, C, H/2, W/2]` (rounded down: an odd last row or column is not read).
+///
+/// Each output is `f32::MIN.max(a).max(b).max(c).max(d)` over its window's taps in row-major
+/// order, tract's own fold (`f32::max` ignores NaN, so a window of NaN or -inf alone gives
+/// `f32::MIN`), hence bit for bit tract's `OptMaxPool` on the same input.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct MaxPool2x2S2;
+
+impl Op for MaxPool2x2S2 {
+    fn name(&self) -> StaticName {
+        "MaxPool2x2S2".into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for MaxPool2x2S2 {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        let &[n, c, h, w] = input.shape() else {
+            bail!("MaxPool2x2S2 wants a rank-4 input, got {:?}", input.shape());
+        };
+        let mut output = Tensor::zero::<f32>(&[n, c, h / 2, w / 2])?;
+        {
+            let input = input.try_as_plain_ram()?;
+            let mut out = output.try_as_plain_ram_mut()?;
+            pool_planes(input.as_slice::<f32>()?, out.as_slice_mut::<f32>()?, h, w);
+        }
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for MaxPool2x2S2 {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let fact = inputs[0];
+        ensure!(
+            fact.datum_type == f32::datum_type() && fact.rank() == 4,
+            "MaxPool2x2S2 wants a rank-4 f32 input, got {fact:?}"
+        );
+        let s = &fact.shape;
+        let shape = [
+            s[0].clone(),
+            s[1].clone(),
+            s[2].clone() / 2,
+            s[3].clone() / 2,
+        ];
+        Ok(tvec!(f32::fact(shape)))
+    }
+
+    as_op!();
+}
+
+/// Pools every `h`×`w` plane of `input` into the matching `(h/2)`×`(w/2)` plane of `output`.
+fn pool_planes(input: &[f32], output: &mut [f32], h: usize, w: usize) {
+    let (oh, ow) = (h / 2, w / 2);
+    if oh == 0 || ow == 0 {
+        return;
+    }
+    for (plane, out_plane) in input
+        .chunks_exact(h * w)
+        .zip(output.chunks_exact_mut(oh * ow))
+    {
+        // `oh` pairs of rows; an odd last row is left out, as tract leaves it.
+        for (rows, out_row) in plane
+            .chunks_exact(2 * w)
+            .zip(out_plane.chunks_exact_mut(ow))
+        {
+            let (r0, r1) = rows.split_at(w);
+            pool_row(&r0[..2 * ow], &r1[..2 * ow], out_row);
+        }
+    }
+}
+
+/// One output row from its two input rows, read as pairs of columns (an odd last column is
+/// not part of them). Taps fold in tract's order: row 0 left, right, then row 1 left, right.
+#[inline]
+fn pool_row(r0: &[f32], r1: &[f32], out: &mut [f32]) {
+    let (top, _) = r0.as_chunks::<2>();
+    let (bottom, _) = r1.as_chunks::<2>();
+    for ((o, a), b) in out.iter_mut().zip(top).zip(bottom) {
+        *o = f32::MIN.max(a[0]).max(a[1]).max(b[0]).max(b[1]);
+    }
+}
+
+/// Replaces, in an optimised model, each of tract's `OptMaxPool` nodes that [`MaxPool2x2S2`]
+/// computes the same by that operator; leaves every other node as it is. Run it on the result
+/// of `into_optimized()`, before `into_runnable()`: [`super::optimize`] does, and so the
+/// engine, the benchmark and `tract_profile` all run the same plan.
+pub fn substitute_kernels(mut model: TypedModel) -> TractResult<TypedModel> {
+    for id in 0..model.nodes.len() {
+        if replaceable(&model, &model.nodes[id])? {
+            model.nodes[id].op = Box::new(MaxPool2x2S2);
+        }
+    }
+    Ok(model)
+}
+
+/// Whether `node` is an `OptMaxPool` whose every output [`MaxPool2x2S2`] computes bit for bit:
+/// f32 NCHW input of concrete shape with H, W ≥ 2, kernel 2×2, strides 2, dilations 1, no
+/// padding, no index output, and tract's output fact `[N, C, H/2, W/2]`.
+fn replaceable(model: &TypedModel, node: &TypedNode) -> TractResult<bool> {
+    let Some(pool) = node.op_as::<OptMaxPool>() else {
+        return Ok(false);
+    };
+    if node.inputs.len() != 1 || node.outputs.len() != 1 {
+        return Ok(false);
+    }
+    let spec = &pool.pool_spec;
+    let unpadded = match &spec.padding {
+        PaddingSpec::Valid => true,
+        PaddingSpec::Explicit(before, after) => before.iter().chain(after.iter()).all(|&p| p == 0),
+        _ => false,
+    };
+    if pool.with_index_outputs.is_some()
+        || spec.data_format != DataFormat::NCHW
+        || spec.kernel_shape[..] != [2, 2]
+        || spec.strides()[..] != [2, 2]
+        || spec.dilations()[..] != [1, 1]
+        || !unpadded
+    {
+        return Ok(false);
+    }
+    let input = model.outlet_fact(node.inputs[0])?;
+    let Some(&[n, c, h, w]) = input.shape.as_concrete() else {
+        return Ok(false);
+    };
+    if input.datum_type != f32::datum_type() || h < 2 || w < 2 {
+        return Ok(false);
+    }
+    let output = &node.outputs[0].fact;
+    Ok(output.datum_type == f32::datum_type()
+        && output.shape.as_concrete() == Some(&[n, c, h / 2, w / 2][..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+    use tract_onnx::tract_core::ops::cnn::{MaxPool, PoolSpec};
+
+    /// A model of one tract `MaxPool` over an f32 input of `shape`, optimised by tract.
+    fn pool_model(
+        shape: &[usize],
+        format: DataFormat,
+        kernel: [usize; 2],
+        strides: [usize; 2],
+        padding: PaddingSpec,
+    ) -> TypedModel {
+        let channels = match format {
+            DataFormat::NCHW => shape[1],
+            _ => shape[3],
+        };
+        let spec = PoolSpec::new(
+            format,
+            tvec![kernel[0], kernel[1]],
+            padding,
+            None,
+            Some(tvec![strides[0], strides[1]]),
+            channels,
+            channels,
+        );
+        let mut model = TypedModel::default();
+        let source = model.add_source("x", f32::fact(shape)).unwrap();
+        let pool = MaxPool {
+            pool_spec: spec,
+            with_index_outputs: None,
+        };
+        let out = model.wire_node("pool", pool, &[source]).unwrap();
+        model.select_output_outlets(&out).unwrap();
+        model.into_optimized().unwrap()
+    }
+
+    fn op_names(model: &TypedModel) -> Vec<String> {
+        model
+            .nodes
+            .iter()
+            .map(|n| n.op.name().to_string())
+            .collect()
+    }
+
+    fn bits(t: &TValue) -> Vec<u32> {
+        t.to_plain_array_view::<f32>()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect()
+    }
+
+    /// Values that tell folds apart: NaN, ±inf, ±0, f32::MIN, repeats and ordinary numbers.
+    fn tricky(rng: &mut SmallRng, len: usize) -> Vec<f32> {
+        const SPECIAL: [f32; 9] = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            f32::MIN,
+            f32::MAX,
+            1.0,
+            -1.0,
+        ];
+        (0..len)
+            .map(|_| match rng.gen_range(0..4) {
+                0 => SPECIAL[rng.gen_range(0..SPECIAL.len())],
+                _ => rng.gen_range(-4i32..4) as f32 * 0.5,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn substituted_pools_give_tracts_bits_for_every_shape_and_special_value() {
+        let mut rng = SmallRng::seed_from_u64(0x2a2a);
+        for n in 1..=3 {
+            for c in 1..=5 {
+                for h in 2..=17 {
+                    for w in 2..=17 {
+                        let shape = [n, c, h, w];
+                        let stock = pool_model(
+                            &shape,
+                            DataFormat::NCHW,
+                            [2, 2],
+                            [2, 2],
+                            PaddingSpec::Valid,
+                        );
+                        assert!(op_names(&stock).contains(&"OptMaxPool".to_string()));
+                        let ours = substitute_kernels(stock.clone()).unwrap();
+                        assert_eq!(op_names(&ours), ["Source", "MaxPool2x2S2"], "{shape:?}");
+                        let (stock, ours) = (
+                            stock.into_runnable().unwrap(),
+                            ours.into_runnable().unwrap(),
+                        );
+                        for _ in 0..2 {
+                            let values = tricky(&mut rng, shape.iter().product());
+                            let input = Tensor::from_shape(&shape, &values).unwrap();
+                            let want = stock.run(tvec![input.clone().into_tvalue()]).unwrap();
+                            let got = ours.run(tvec![input.into_tvalue()]).unwrap();
+                            assert_eq!(got[0].shape(), [n, c, h / 2, w / 2]);
+                            assert_eq!(got[0].shape(), want[0].shape(), "{shape:?}");
+                            assert_eq!(bits(&got[0]), bits(&want[0]), "{shape:?}: {values:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn windows_of_nan_or_negative_infinity_alone_give_f32_min_and_zeros_keep_tracts_sign() {
+        let shape = [1, 1, 2, 8];
+        #[rustfmt::skip]
+        let values = [
+            f32::NAN, f32::NAN, f32::NEG_INFINITY, f32::NEG_INFINITY, f32::NAN, -0.0, -0.0, 0.0,
+            f32::NAN, f32::NAN, f32::NEG_INFINITY, f32::NAN, f32::NEG_INFINITY, 0.0, 0.0, -0.0,
+        ];
+        let input = Tensor::from_shape(&shape, &values).unwrap();
+        let stock = pool_model(&shape, DataFormat::NCHW, [2, 2], [2, 2], PaddingSpec::Valid);
+        let want = stock
+            .clone()
+            .into_runnable()
+            .unwrap()
+            .run(tvec![input.clone().into_tvalue()])
+            .unwrap();
+        let got = substitute_kernels(stock)
+            .unwrap()
+            .into_runnable()
+            .unwrap()
+            .run(tvec![input.into_tvalue()])
+            .unwrap();
+        assert_eq!(bits(&got[0]), bits(&want[0]));
+        assert_eq!(bits(&got[0])[..2], [f32::MIN.to_bits(); 2]);
+    }
+
+    #[test]
+    fn other_pools_keep_tracts_operator() {
+        // Input shape, layout, kernel, strides, padding.
+        type Case = (
+            &'static [usize],
+            DataFormat,
+            [usize; 2],
+            [usize; 2],
+            PaddingSpec,
+        );
+        let cases: [Case; 8] = [
+            (
+                &[1, 2, 8, 8],
+                DataFormat::NCHW,
+                [2, 2],
+                [1, 1],
+                PaddingSpec::Valid,
+            ),
+            (
+                &[1, 2, 9, 9],
+                DataFormat::NCHW,
+                [3, 3],
+                [2, 2],
+                PaddingSpec::Valid,
+            ),
+            (
+                &[1, 2, 8, 8],
+                DataFormat::NCHW,
+                [2, 2],
+                [2, 2],
+                PaddingSpec::SameUpper,
+            ),
+            (
+                &[1, 2, 8, 8],
+                DataFormat::NCHW,
+                [2, 2],
+                [2, 2],
+                PaddingSpec::Explicit(tvec![1, 0], tvec![0, 0]),
+            ),
+            (
+                &[1, 8, 8, 2],
+                DataFormat::NHWC,
+                [2, 2],
+                [2, 2],
+                PaddingSpec::Valid,
+            ),
+            (
+                &[1, 2, 8, 8],
+                DataFormat::NCHW,
+                [2, 1],
+                [2, 2],
+                PaddingSpec::Valid,
+            ),
+            (
+                &[1, 2, 8, 8],
+                DataFormat::NCHW,
+                [2, 2],
+                [2, 1],
+                PaddingSpec::Valid,
+            ),
+            (
+                &[1, 2, 8, 8],
+                DataFormat::NCHW,
+                [2, 2],
+                [3, 3],
+                PaddingSpec::Valid,
+            ),
+        ];
+        for (shape, format, kernel, strides, padding) in cases {
+            let what = format!("{shape:?} {format:?} k{kernel:?} s{strides:?} {padding:?}");
+            let stock = pool_model(shape, format, kernel, strides, padding);
+            let names = op_names(&stock);
+            assert!(
+                names.contains(&"OptMaxPool".to_string()),
+                "{what}: {names:?}"
+            );
+            let ours = substitute_kernels(stock).unwrap();
+            assert_eq!(op_names(&ours), names, "{what}");
+        }
+    }
+
+    #[test]
+    fn explicit_zero_padding_is_substituted() {
+        let stock = pool_model(
+            &[2, 3, 7, 6],
+            DataFormat::NCHW,
+            [2, 2],
+            [2, 2],
+            PaddingSpec::Explicit(tvec![0, 0], tvec![0, 0]),
+        );
+        let ours = substitute_kernels(stock).unwrap();
+        assert_eq!(op_names(&ours), ["Source", "MaxPool2x2S2"]);
+    }
+
+    #[test]
+    fn empty_and_single_row_or_column_planes_are_never_substituted() {
+        for shape in [
+            [1, 1, 1, 1],
+            [1, 1, 1, 6],
+            [1, 1, 6, 1],
+            [1, 1, 0, 4],
+            [1, 1, 4, 0],
+        ] {
+            let stock = pool_model(&shape, DataFormat::NCHW, [2, 2], [2, 2], PaddingSpec::Valid);
+            let names = op_names(&stock);
+            assert_eq!(names, ["Source", "OptMaxPool"], "{shape:?}");
+            let ours = substitute_kernels(stock).unwrap();
+            assert_eq!(op_names(&ours), names, "{shape:?}");
+        }
+    }
+
+    #[test]
+    fn pool_planes_leaves_nothing_to_do_for_empty_outputs() {
+        let mut out = [];
+        pool_planes(&[1.0; 3], &mut out, 1, 3);
+        pool_planes(&[], &mut out, 0, 0);
+    }
+}
