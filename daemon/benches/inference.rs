@@ -205,6 +205,15 @@ fn load_in_process(dir: &Path, bundle: &Path, b: &Bench) -> LoadedModel {
     }
 }
 
+/// An f32 output of tract as the binary tensor extension carries it.
+fn f32_le_bytes(t: &Tensor) -> Vec<u8> {
+    t.to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect()
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -331,13 +340,7 @@ fn in_process(dir: &Path, bundle: &Path, b: &Bench, rounds: usize) -> (InProcess
     )
     .unwrap();
     let n = answer.header_length.expect("binary answer");
-    let reference = plan.run(tvec![input.clone().into_tvalue()]).unwrap();
-    let expected: Vec<u8> = reference[0]
-        .to_plain_array_view::<f32>()
-        .unwrap()
-        .iter()
-        .flat_map(|x| x.to_le_bytes())
-        .collect();
+    let expected = f32_le_bytes(&plan.run(tvec![input.clone().into_tvalue()]).unwrap()[0]);
     assert_eq!(
         &answer.body[n..],
         &expected[..],
@@ -361,13 +364,7 @@ fn in_process(dir: &Path, bundle: &Path, b: &Bench, rounds: usize) -> (InProcess
         "{}: guarded (tensors) != raw",
         b.name
     );
-    let stock_answer = stock_plan.run(tvec![input.clone().into_tvalue()]).unwrap();
-    let stock_bytes: Vec<u8> = stock_answer[0]
-        .to_plain_array_view::<f32>()
-        .unwrap()
-        .iter()
-        .flat_map(|x| x.to_le_bytes())
-        .collect();
+    let stock_bytes = f32_le_bytes(&stock_plan.run(tvec![input.clone().into_tvalue()]).unwrap()[0]);
     assert_eq!(
         stock_bytes, expected,
         "{}: stock tract != mintd's plan",
