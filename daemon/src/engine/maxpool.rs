@@ -4,8 +4,7 @@
 //! down-sampling pool of a convnet) it visits every tap through a scalar loop with bounds
 //! checks. [`substitute_kernels`] swaps each such `OptMaxPool` of an optimised model for
 //! [`MaxPool2x2S2`], which reads the two input rows of an output row as pairs and folds them
-//! exactly as tract does, so the outputs are the same bits. The loop itself is
-//! `mint_kernels::max_pool_2x2_s2`, in a crate built for speed.
+//! exactly as tract does, so the outputs are the same bits.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -41,12 +40,7 @@ impl EvalOp for MaxPool2x2S2 {
         {
             let input = input.try_as_plain_ram()?;
             let mut out = output.try_as_plain_ram_mut()?;
-            mint_kernels::max_pool_2x2_s2(
-                input.as_slice::<f32>()?,
-                out.as_slice_mut::<f32>()?,
-                h,
-                w,
-            );
+            pool_planes(input.as_slice::<f32>()?, out.as_slice_mut::<f32>()?, h, w);
         }
         Ok(tvec!(output.into_tvalue()))
     }
@@ -70,6 +64,38 @@ impl TypedOp for MaxPool2x2S2 {
     }
 
     as_op!();
+}
+
+/// Pools every `h`×`w` plane of `input` into the matching `(h/2)`×`(w/2)` plane of `output`.
+fn pool_planes(input: &[f32], output: &mut [f32], h: usize, w: usize) {
+    let (oh, ow) = (h / 2, w / 2);
+    if oh == 0 || ow == 0 {
+        return;
+    }
+    for (plane, out_plane) in input
+        .chunks_exact(h * w)
+        .zip(output.chunks_exact_mut(oh * ow))
+    {
+        // `oh` pairs of rows; an odd last row is left out, as tract leaves it.
+        for (rows, out_row) in plane
+            .chunks_exact(2 * w)
+            .zip(out_plane.chunks_exact_mut(ow))
+        {
+            let (r0, r1) = rows.split_at(w);
+            pool_row(&r0[..2 * ow], &r1[..2 * ow], out_row);
+        }
+    }
+}
+
+/// One output row from its two input rows, read as pairs of columns (an odd last column is
+/// not part of them). Taps fold in tract's order: row 0 left, right, then row 1 left, right.
+#[inline]
+fn pool_row(r0: &[f32], r1: &[f32], out: &mut [f32]) {
+    let (top, _) = r0.as_chunks::<2>();
+    let (bottom, _) = r1.as_chunks::<2>();
+    for ((o, a), b) in out.iter_mut().zip(top).zip(bottom) {
+        *o = f32::MIN.max(a[0]).max(a[1]).max(b[0]).max(b[1]);
+    }
 }
 
 /// Replaces, in an optimised model, each of tract's `OptMaxPool` nodes that [`MaxPool2x2S2`]
@@ -370,5 +396,14 @@ mod tests {
             let ours = substitute_kernels(stock).unwrap();
             assert_eq!(op_names(&ours), names, "{shape:?}");
         }
+    }
+
+    #[test]
+    fn pool_planes_leaves_the_output_alone_when_no_window_fits() {
+        let mut out = [7.0; 2];
+        pool_planes(&[1.0; 3], &mut out, 1, 3);
+        pool_planes(&[1.0; 3], &mut out, 3, 1);
+        pool_planes(&[], &mut out, 0, 0);
+        assert_eq!(out, [7.0; 2]);
     }
 }
