@@ -608,20 +608,6 @@ impl TensorData {
         }
         each_variant!(self.values(), v => Tensor::from_shape(shape, v).map_err(|_| count()))
     }
-
-    /// The values of a tract tensor, copied (`Err` for element types without a v2 datatype).
-    pub fn from_tract(name: &str, tensor: &Tensor) -> Result<Self, TensorError> {
-        Ok(match TensorValues::of_tract(name, tensor)? {
-            TensorValues::Bool(v) => TensorData::Bool(v.to_vec()),
-            TensorValues::U8(v) => TensorData::U8(v.to_vec()),
-            TensorValues::I8(v) => TensorData::I8(v.to_vec()),
-            TensorValues::I16(v) => TensorData::I16(v.to_vec()),
-            TensorValues::I32(v) => TensorData::I32(v.to_vec()),
-            TensorValues::I64(v) => TensorData::I64(v.to_vec()),
-            TensorValues::F32(v) => TensorData::F32(v.to_vec()),
-            TensorValues::F64(v) => TensorData::F64(v.to_vec()),
-        })
-    }
 }
 
 #[cfg(test)]
@@ -679,7 +665,6 @@ mod tests {
         let data = TensorData::F32(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
         let tensor = data.clone().into_tract("x", &[2, 3]).unwrap();
         assert_eq!(tensor.shape(), &[2, 3]);
-        assert_eq!(TensorData::from_tract("x", &tensor).unwrap(), data);
         assert_eq!(
             TensorValues::of_tract("x", &tensor).unwrap(),
             TensorValues::F32(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])

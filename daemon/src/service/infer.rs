@@ -939,7 +939,7 @@ pub fn guarded_run<'m>(
     drift: &DriftMonitor,
 ) -> Result<TVec<Produced<'m>>, Refusal> {
     let manifest = &model.installed.manifest;
-    let inputs = guard::check_inputs(&manifest.inputs, &manifest.guard, sent)?;
+    let mut inputs = guard::check_inputs(&manifest.inputs, &manifest.guard, sent)?;
     let now = std::time::Instant::now();
     if now >= deadline {
         return Err(Refusal::new(
@@ -960,7 +960,6 @@ pub fn guarded_run<'m>(
     // In the model's order: every name was matched against the manifest, and the manifest's
     // inputs are the model's (checked when the bundle was made and when it was installed).
     let engine = &model.engine;
-    let mut inputs = inputs;
     let mut ordered = TVec::new();
     for spec in engine.inputs() {
         let at = inputs
