@@ -228,8 +228,10 @@ pub fn datatype_of(dt: DatumType) -> Option<DataType> {
     })
 }
 
-/// The values of one tensor in their own element type, flat and row-major: what the
-/// inference endpoint checks and hands to tract without a detour through JSON values.
+/// The values of one tensor in their own element type, owned, flat and row-major: an input
+/// sent as JSON values once decoded, on its way into a tract tensor
+/// ([`TensorData::into_tract`]). Binary inputs skip it ([`tract_from_le_bytes`]); checks and
+/// answers read any tensor through [`TensorValues`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum TensorData {
     /// `BOOL`.
