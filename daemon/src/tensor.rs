@@ -263,6 +263,18 @@ pub struct Moments {
     pub sum_sq: f64,
 }
 
+/// What one pass over a tensor's values found ([`TensorValues::survey`]): what the guard
+/// checks and what drift detection folds in, without reading the values three times.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Survey {
+    /// The first NaN or infinite element (index and value); `None` for integer types.
+    pub first_non_finite: Option<(usize, f64)>,
+    /// The first element outside the range asked for (NaN is outside); `None` without one.
+    pub first_outside: Option<(usize, f64)>,
+    /// Count, sum and sum of squares.
+    pub moments: Moments,
+}
+
 /// The values of one tensor, borrowed, flat and row-major in their own element type: a
 /// view of a [`TensorData`] or of a tract tensor's buffer ([`TensorValues::of_tract`]), for
 /// the checks, the drift statistics and the encoding of an answer without a copy.
@@ -413,6 +425,43 @@ impl<'a> TensorValues<'a> {
             count: self.len() as u64,
             sum,
             sum_sq,
+        }
+    }
+
+    /// [`TensorValues::first_non_finite`], [`TensorValues::first_outside`] of `range` (when
+    /// given) and [`TensorValues::moments`] in one pass: what the guard needs of every input
+    /// and output.
+    pub fn survey(&self, range: Option<[f64; 2]>) -> Survey {
+        // Without a range nothing is outside but NaN, which is reported as non-finite.
+        let [low, high] = range.unwrap_or([f64::NEG_INFINITY, f64::INFINITY]);
+        // One pass without branches on the values: sums, and whether any value is bad.
+        let (mut sum, mut sum_sq) = (0.0, 0.0);
+        let mut bad = false;
+        each_as_f64!(self, values => {
+            for x in values {
+                sum += x;
+                sum_sq += x * x;
+                // NaN fails the range test too.
+                bad |= !(x >= low && x <= high) | !x.is_finite();
+            }
+        });
+        let moments = Moments {
+            count: self.len() as u64,
+            sum,
+            sum_sq,
+        };
+        if !bad {
+            return Survey {
+                first_non_finite: None,
+                first_outside: None,
+                moments,
+            };
+        }
+        // A refused tensor: find where, in the passes that stop at the first.
+        Survey {
+            first_non_finite: self.first_non_finite(),
+            first_outside: range.and_then(|_| self.first_outside(low, high)),
+            moments,
         }
     }
 
@@ -640,6 +689,56 @@ mod tests {
                 .first_outside(0.0, 0.0),
             Some((1, 1.0))
         );
+    }
+
+    #[test]
+    fn one_survey_finds_what_the_three_passes_find() {
+        let cases = [
+            TensorData::F32(vec![]),
+            TensorData::F32(vec![0.5, -1.0, 2.0]),
+            TensorData::F32(vec![0.0, 3.0, f32::NAN, -7.0, f32::INFINITY]),
+            TensorData::F32(vec![f32::NEG_INFINITY, 0.25]),
+            TensorData::F64(vec![1e300, f64::NAN, -2.0]),
+            TensorData::I64(vec![-3, 3, 4, i64::MIN]),
+            TensorData::U8(vec![0, 9, 10]),
+            TensorData::Bool(vec![false, true, true]),
+        ];
+        for data in &cases {
+            let v = data.values();
+            for range in [None, Some([-1.0, 1.0]), Some([0.0, 9.0]), Some([-3.0, 3.0])] {
+                let s = v.survey(range);
+                let same = |a: Option<(usize, f64)>, b: Option<(usize, f64)>| match (a, b) {
+                    (Some((i, x)), Some((j, y))) => {
+                        i == j && (x == y || (x.is_nan() && y.is_nan()))
+                    }
+                    (None, None) => true,
+                    _ => false,
+                };
+                assert!(
+                    same(s.first_non_finite, v.first_non_finite()),
+                    "{data:?} {range:?}"
+                );
+                let outside = range.and_then(|[l, h]| v.first_outside(l, h));
+                assert!(same(s.first_outside, outside), "{data:?} {range:?}");
+                let m = v.moments();
+                assert_eq!(s.moments.count, m.count);
+                assert!(
+                    s.moments.sum.to_bits() == m.sum.to_bits()
+                        || (s.moments.sum.is_nan() && m.sum.is_nan()),
+                    "{data:?}"
+                );
+                assert!(
+                    s.moments.sum_sq.to_bits() == m.sum_sq.to_bits()
+                        || (s.moments.sum_sq.is_nan() && m.sum_sq.is_nan()),
+                    "{data:?}"
+                );
+            }
+        }
+        let s = TensorData::F32(vec![5.0, f32::NAN])
+            .values()
+            .survey(Some([0.0, 1.0]));
+        assert_eq!(s.first_outside, Some((0, 5.0)));
+        assert!(matches!(s.first_non_finite, Some((1, x)) if x.is_nan()));
     }
 
     #[test]

@@ -37,7 +37,13 @@ fn exercise(cmd: &command::SignedCommand) {
         class: "cam".into(),
         arch: "aarch64".into(),
     };
-    for now in [i64::MIN, 0, cmd.payload.issued_at, cmd.payload.expires_at, i64::MAX] {
+    for now in [
+        i64::MIN,
+        0,
+        cmd.payload.issued_at,
+        cmd.payload.expires_at,
+        i64::MAX,
+    ] {
         for skew in [0, 300, u64::MAX] {
             let _ = cmd.check(&device, now, skew);
         }
@@ -74,7 +80,8 @@ fuzz_target!(|data: &[u8]| {
                 Ok(cmd) => {
                     exercise(&cmd);
                     let again = command::sign(&cmd.payload, key).expect("re-signs");
-                    let back = command::verify(&again, trust).expect("a re-signed command verifies");
+                    let back =
+                        command::verify(&again, trust).expect("a re-signed command verifies");
                     assert_eq!(back.payload, cmd.payload, "not a fixed point");
                 }
                 Err(command::CommandError::TooLarge { .. }) => {}

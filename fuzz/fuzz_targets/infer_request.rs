@@ -32,17 +32,14 @@ fuzz_target!(|data: &[u8]| {
         },
         _ => (None, data),
     };
-    let request = match infer::parse_request(
-        Bytes::copy_from_slice(body),
-        header.as_deref(),
-        JSON_LIMIT,
-    ) {
-        Ok(request) => request,
-        Err(refusal) => {
-            assert!(!refusal.message.is_empty(), "a refusal must say why");
-            return;
-        }
-    };
+    let request =
+        match infer::parse_request(Bytes::copy_from_slice(body), header.as_deref(), JSON_LIMIT) {
+            Ok(request) => request,
+            Err(refusal) => {
+                assert!(!refusal.message.is_empty(), "a refusal must say why");
+                return;
+            }
+        };
     let specs = [
         TensorSpec {
             name: "input".into(),
@@ -66,12 +63,24 @@ fuzz_target!(|data: &[u8]| {
     if let Some(wanted) = &request.outputs {
         let _ = guard::check_requested_outputs(&outputs, wanted);
     }
-    match guard::check_inputs(&specs, &GuardSettings::default(), &request.inputs) {
+    let checked = guard::check_inputs(&specs, &GuardSettings::default(), &request.inputs);
+    match checked {
         Ok(checked) => {
             for c in &checked {
                 let count: usize = c.tensor.shape().iter().product();
                 let values = c.values();
-                assert_eq!(values.len(), count, "{} holds the wrong number of values", c.name);
+                assert_eq!(
+                    values.len(),
+                    count,
+                    "{} holds the wrong number of values",
+                    c.name
+                );
+                assert_eq!(
+                    c.moments,
+                    values.moments(),
+                    "{}: moments of other values",
+                    c.name
+                );
                 assert!(
                     values.first_non_finite().is_none(),
                     "{} passed with a non-finite value",

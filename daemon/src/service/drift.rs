@@ -45,6 +45,9 @@ pub const EVENT_QUEUE: usize = 64;
 /// Largest score reported (a constant reference makes any change infinitely many standard
 /// deviations away).
 const MAX_SCORE: f64 = 1e6;
+/// Relative margin of the quick threshold tests: a score this close to a threshold is
+/// computed in full.
+const MARGIN: f64 = 1e-9;
 
 /// Whether a tensor is a model input or output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,10 +77,21 @@ struct TensorWatch {
     requests: u64,
     mean: f64,
     mean_sq: f64,
+    /// What is added to both spreads, so that a reference without spread still has a
+    /// scale: a millionth of its magnitude.
+    floor: f64,
+    /// The reference's standard deviation, at least `floor`: the unit of the mean's shift.
+    scale: f64,
 }
 
 impl TensorWatch {
     fn new(side: Side, reference: &TensorStats) -> Self {
+        let floor = 1e-6
+            * reference
+                .mean
+                .abs()
+                .max(reference.max - reference.min)
+                .max(1.0);
         Self {
             name: reference.name.clone(),
             side,
@@ -85,6 +99,8 @@ impl TensorWatch {
             requests: 0,
             mean: 0.0,
             mean_sq: 0.0,
+            floor,
+            scale: reference.std.max(floor),
         }
     }
 
@@ -107,18 +123,41 @@ impl TensorWatch {
     /// The larger of the mean shift in reference standard deviations and the log-ratio of
     /// the spreads.
     fn score(&self) -> f64 {
-        let r = &self.reference;
-        // A reference with no spread still gets a scale: a millionth of its magnitude.
-        let floor = 1e-6 * r.mean.abs().max(r.max - r.min).max(1.0);
-        let scale = r.std.max(floor);
-        let shift = (self.mean - r.mean).abs() / scale;
-        let spread = ((self.std() + floor) / (r.std + floor)).ln().abs();
-        let score = shift.max(spread);
+        let (shift, ratio) = self.shift_and_ratio();
+        let score = shift.max(ratio.ln().abs());
         if score.is_finite() {
             score.min(MAX_SCORE)
         } else {
             MAX_SCORE
         }
+    }
+
+    /// The mean's shift in reference standard deviations, and the ratio of the spreads
+    /// (floored) whose `|ln|` is the spread's score.
+    fn shift_and_ratio(&self) -> (f64, f64) {
+        let r = &self.reference;
+        let shift = (self.mean - r.mean).abs() / self.scale;
+        let ratio = (self.std() + self.floor) / (r.std + self.floor);
+        (shift, ratio)
+    }
+
+    /// Whether the score is surely below `limit` (`exp_limit` = e^limit), told without the
+    /// logarithm: `|ln r| < t` when `e^-t < r < e^t`. Margins keep rounding out of it; a
+    /// NaN answers `false`, and the caller then computes the score itself.
+    fn surely_below(&self, limit: f64, exp_limit: f64) -> bool {
+        let (shift, ratio) = self.shift_and_ratio();
+        shift < limit * (1.0 - MARGIN)
+            && ratio < exp_limit * (1.0 - MARGIN)
+            && ratio * exp_limit > 1.0 + MARGIN
+    }
+
+    /// Whether the score is surely at least `limit` (at most [`MAX_SCORE`]), as
+    /// [`TensorWatch::surely_below`] tells the opposite.
+    fn surely_at_least(&self, limit: f64, exp_limit: f64) -> bool {
+        let (shift, ratio) = self.shift_and_ratio();
+        (shift.is_finite() && shift > limit * (1.0 + MARGIN))
+            || (ratio.is_finite() && ratio > exp_limit * (1.0 + MARGIN))
+            || ratio * exp_limit < 1.0 - MARGIN
     }
 }
 
@@ -238,6 +277,9 @@ pub struct ModelDrift {
 /// Drift and rate watch of every served model.
 pub struct DriftMonitor {
     config: MonitorConfig,
+    /// e^threshold and e^(clearing level), for the quick tests of every request.
+    exp_threshold: f64,
+    exp_clear: f64,
     models: Mutex<HashMap<String, ModelWatch>>,
     events: mpsc::Sender<LifecycleEvent>,
     dropped: std::sync::atomic::AtomicU64,
@@ -247,6 +289,8 @@ impl DriftMonitor {
     /// A monitor whose events go to `events` (see [`EVENT_QUEUE`]).
     pub fn new(config: MonitorConfig, events: mpsc::Sender<LifecycleEvent>) -> Self {
         Self {
+            exp_threshold: config.drift_threshold.exp(),
+            exp_clear: (config.drift_threshold * CLEAR_RATIO).exp(),
             config,
             models: Mutex::new(HashMap::new()),
             events,
@@ -370,8 +414,21 @@ impl DriftMonitor {
         if watch.requests < self.config.drift_min_requests {
             return None;
         }
-        let (score, worst) = watch.score()?;
         let threshold = self.config.drift_threshold;
+        let clear = threshold * CLEAR_RATIO;
+        // Most requests change nothing: tell so without a logarithm per tensor.
+        let mut seen = watch.tensors.iter().filter(|t| t.requests > 0);
+        if !watch.drifting && seen.all(|t| t.surely_below(threshold, self.exp_threshold)) {
+            return None;
+        }
+        let mut seen = watch.tensors.iter().filter(|t| t.requests > 0);
+        if watch.drifting
+            && clear <= MAX_SCORE
+            && seen.any(|t| t.surely_at_least(clear, self.exp_clear))
+        {
+            return None;
+        }
+        let (score, worst) = watch.score()?;
         let details = |t: &TensorWatch| {
             json!({
                 "version": watch.version,
@@ -539,6 +596,39 @@ mod tests {
             out.push(e);
         }
         out
+    }
+
+    #[test]
+    fn the_quick_tests_never_contradict_the_score() {
+        let references = [
+            stats("x", 0.0, 1.0),
+            stats("y", 5.0, 0.0),
+            stats("z", -3.0, 1e-3),
+        ];
+        let (mut below, mut at_least) = (0, 0);
+        for r in &references {
+            for mean in [
+                -1e300, -50.0, -3.0, -1.0, 0.0, 0.5, 2.9, 3.0, 3.1, 5.0, 1e300,
+            ] {
+                for spread in [0.0, 1e-9, 0.05, 0.5, 1.0, 2.0, 20.0, 1e150] {
+                    let mut t = TensorWatch::new(Side::Input, r);
+                    t.observe(moments(mean, spread, 16));
+                    let score = t.score();
+                    for limit in [0.1, 2.4, 3.0, 100.0] {
+                        if t.surely_below(limit, limit.exp()) {
+                            assert!(score < limit, "{mean} {spread} {limit}: {score}");
+                            below += 1;
+                        }
+                        if t.surely_at_least(limit, limit.exp()) {
+                            assert!(score >= limit, "{mean} {spread} {limit}: {score}");
+                            at_least += 1;
+                        }
+                    }
+                }
+            }
+        }
+        // Both answers occur, so the assertions above were reached.
+        assert!(below > 50 && at_least > 50, "{below} {at_least}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tract_onnx::prelude::{IntoTValue, TValue, TVec};
 
 use super::infer::{InputData, RequestInput, RequestedOutput, Scalar};
-use crate::tensor::{tract_from_le_bytes, TensorData, TensorValues};
+use crate::tensor::{tract_from_le_bytes, Moments, TensorData, TensorValues};
 
 /// Why a request was refused or failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +192,9 @@ pub struct CheckedInput<'a> {
     pub name: &'a str,
     /// Shape and values.
     pub tensor: TValue,
+    /// Count, sum and sum of squares of the values, taken in the same pass as the checks
+    /// (for drift detection).
+    pub moments: Moments,
 }
 
 impl CheckedInput<'_> {
@@ -212,7 +215,7 @@ pub fn check_inputs<'a>(
     specs: &[TensorSpec],
     guard: &GuardSettings,
     inputs: &'a [RequestInput],
-) -> Result<Vec<CheckedInput<'a>>, Refusal> {
+) -> Result<TVec<CheckedInput<'a>>, Refusal> {
     let expected = || {
         specs
             .iter()
@@ -250,16 +253,15 @@ pub fn check_inputs<'a>(
             );
         }
     }
-    inputs
-        .iter()
-        .map(|input| {
-            let spec = specs
-                .iter()
-                .find(|s| s.name == input.name)
-                .expect("every input name was checked above");
-            check_input(spec, guard, input)
-        })
-        .collect()
+    let mut checked = TVec::with_capacity(inputs.len());
+    for input in inputs {
+        let spec = specs
+            .iter()
+            .find(|s| s.name == input.name)
+            .expect("every input name was checked above");
+        checked.push(check_input(spec, guard, input)?);
+    }
+    Ok(checked)
 }
 
 fn check_input<'a>(
@@ -334,12 +336,10 @@ fn check_input<'a>(
                 .map_err(|e| Refusal::new(Reason::Value, format!("input {name:?}: {e}")))?
         }
     };
-    let checked = CheckedInput {
-        name: &input.name,
-        tensor: tensor.into_tvalue(),
-    };
-    let data = checked.values();
-    if let Some((index, value)) = data.first_non_finite() {
+    let survey = TensorValues::of_tract(name, &tensor)
+        .expect("a checked input is a plain tensor of a v2 datatype")
+        .survey(spec.range);
+    if let Some((index, value)) = survey.first_non_finite {
         return refuse(
             Reason::NonFinite,
             format!(
@@ -347,18 +347,20 @@ fn check_input<'a>(
             ),
         );
     }
-    if let Some([low, high]) = spec.range {
-        if let Some((index, value)) = data.first_outside(low, high) {
-            return refuse(
-                Reason::Range,
-                format!(
-                    "input {name:?}: value #{index} = {value:?} is outside the declared range \
-                     [{low}, {high}]"
-                ),
-            );
-        }
+    if let (Some([low, high]), Some((index, value))) = (spec.range, survey.first_outside) {
+        return refuse(
+            Reason::Range,
+            format!(
+                "input {name:?}: value #{index} = {value:?} is outside the declared range \
+                 [{low}, {high}]"
+            ),
+        );
     }
-    Ok(checked)
+    Ok(CheckedInput {
+        name: &input.name,
+        tensor: tensor.into_tvalue(),
+        moments: survey.moments,
+    })
 }
 
 /// The shape of an input against its spec: same rank, fixed dimensions equal, no negative or
@@ -517,14 +519,22 @@ pub fn check_outputs<'a>(
     outputs: impl IntoIterator<Item = (&'a str, TensorValues<'a>)>,
 ) -> Result<(), Refusal> {
     for (name, data) in outputs {
-        if let Some((index, value)) = data.first_non_finite() {
-            return refuse(
-                Reason::NonFiniteOutput,
-                format!("model produced non-finite output: {name:?} value #{index} is {value}"),
-            );
-        }
+        check_output(name, data)?;
     }
     Ok(())
+}
+
+/// Output sanity of one output ([`check_outputs`]); answers its moments, read in the same
+/// pass, for drift detection.
+pub fn check_output(name: &str, data: TensorValues<'_>) -> Result<Moments, Refusal> {
+    let survey = data.survey(None);
+    if let Some((index, value)) = survey.first_non_finite {
+        return refuse(
+            Reason::NonFiniteOutput,
+            format!("model produced non-finite output: {name:?} value #{index} is {value}"),
+        );
+    }
+    Ok(survey.moments)
 }
 
 /// The deadline of one request: the smaller of `api.request_timeout_ms` and the manifest's
@@ -842,7 +852,7 @@ mod tests {
         }
     }
 
-    fn refused(r: Result<Vec<CheckedInput<'_>>, Refusal>) -> Refusal {
+    fn refused(r: Result<TVec<CheckedInput<'_>>, Refusal>) -> Refusal {
         r.expect_err("must be refused")
     }
 

@@ -950,13 +950,13 @@ pub fn guarded_run<'m>(
             ),
         ));
     }
-    // Drift needs the inputs' statistics; only models whose manifest has a reference pay.
+    // Drift needs the tensors' moments (taken with the checks); only models whose manifest
+    // has a reference pay for keeping them.
     let watched = manifest.reference.is_some();
-    let input_moments: TVec<Moments> = if watched {
-        inputs.iter().map(|c| c.values().moments()).collect()
-    } else {
-        TVec::new()
-    };
+    let mut moments: TVec<(Side, &str, Moments)> = TVec::new();
+    if watched {
+        moments.extend(inputs.iter().map(|c| (Side::Input, c.name, c.moments)));
+    }
     // In the model's order: every name was matched against the manifest, and the manifest's
     // inputs are the model's (checked when the bundle was made and when it was installed).
     let engine = &model.engine;
@@ -984,43 +984,28 @@ pub fn guarded_run<'m>(
             ))
         }
     };
-    let produced: TVec<Produced<'m>> = engine
-        .outputs()
-        .iter()
-        .zip(outputs)
-        .map(|(spec, tensor)| Produced {
+    // The checks read the outputs in place; the answer is encoded from the same buffers.
+    let mut produced: TVec<Produced<'m>> = TVec::with_capacity(outputs.len());
+    for (spec, tensor) in engine.outputs().iter().zip(outputs) {
+        let output = Produced {
             name: &spec.name,
             tensor,
-        })
-        .collect();
-    // The checks read the outputs in place; the answer is encoded from the same buffers.
-    {
-        let values = produced
-            .iter()
-            .map(|p| Ok((p.name, p.values()?)))
-            .collect::<Result<TVec<_>, TensorError>>()
-            .map_err(model_output)?;
-        guard::check_outputs(values.iter().copied())?;
+        };
+        let values = output.values().map_err(model_output)?;
+        let output_moments = guard::check_output(output.name, values)?;
         if watched {
-            // check_inputs answers in request order: the moments line up with what was sent.
-            let all: TVec<(Side, &str, Moments)> = sent
-                .iter()
-                .zip(&input_moments)
-                .map(|(i, m)| (Side::Input, i.name.as_str(), *m))
-                .chain(
-                    values
-                        .iter()
-                        .map(|(n, data)| (Side::Output, *n, data.moments())),
-                )
-                .collect();
-            drift.observe(
-                name,
-                &manifest.version,
-                &model.installed.rev.digest,
-                manifest.reference.as_ref(),
-                &all,
-            );
+            moments.push((Side::Output, output.name, output_moments));
         }
+        produced.push(output);
+    }
+    if watched {
+        drift.observe(
+            name,
+            &manifest.version,
+            &model.installed.rev.digest,
+            manifest.reference.as_ref(),
+            &moments,
+        );
     }
     Ok(produced)
 }
