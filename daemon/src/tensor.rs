@@ -432,17 +432,20 @@ impl<'a> TensorValues<'a> {
     /// given) and [`TensorValues::moments`] in one pass: what the guard needs of every input
     /// and output.
     pub fn survey(&self, range: Option<[f64; 2]>) -> Survey {
-        // Without a range nothing is outside but NaN, which is reported as non-finite.
-        let [low, high] = range.unwrap_or([f64::NEG_INFINITY, f64::INFINITY]);
-        // One pass without branches on the values: sums, and whether any value is bad.
+        // One pass without branches on the values: sums, and whether any value is bad. The
+        // bounds are finite, so one test per value catches NaN, infinities and values out of
+        // range alike.
+        let [low, high] = range.unwrap_or([f64::MIN, f64::MAX]);
+        // (A NaN bound stays NaN: every value then fails, and the slow passes below answer.)
+        let low = if low < f64::MIN { f64::MIN } else { low };
+        let high = if high > f64::MAX { f64::MAX } else { high };
         let (mut sum, mut sum_sq) = (0.0, 0.0);
         let mut bad = false;
         each_as_f64!(self, values => {
             for x in values {
                 sum += x;
                 sum_sq += x * x;
-                // NaN fails the range test too.
-                bad |= !(x >= low && x <= high) | !x.is_finite();
+                bad |= !(x >= low && x <= high);
             }
         });
         let moments = Moments {
@@ -457,10 +460,11 @@ impl<'a> TensorValues<'a> {
                 moments,
             };
         }
-        // A refused tensor: find where, in the passes that stop at the first.
+        // A refused tensor, or a bound that is NaN: find where, in the passes that stop at the
+        // first.
         Survey {
             first_non_finite: self.first_non_finite(),
-            first_outside: range.and_then(|_| self.first_outside(low, high)),
+            first_outside: range.and_then(|[low, high]| self.first_outside(low, high)),
             moments,
         }
     }
@@ -705,7 +709,14 @@ mod tests {
         ];
         for data in &cases {
             let v = data.values();
-            for range in [None, Some([-1.0, 1.0]), Some([0.0, 9.0]), Some([-3.0, 3.0])] {
+            for range in [
+                None,
+                Some([-1.0, 1.0]),
+                Some([0.0, 9.0]),
+                Some([-3.0, 3.0]),
+                Some([f64::NEG_INFINITY, f64::INFINITY]),
+                Some([f64::NAN, 1.0]),
+            ] {
                 let s = v.survey(range);
                 let same = |a: Option<(usize, f64)>, b: Option<(usize, f64)>| match (a, b) {
                     (Some((i, x)), Some((j, y))) => {

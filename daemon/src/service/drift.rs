@@ -17,7 +17,6 @@
 //! Events leave through a bounded channel: observing never blocks a request, and an event
 //! that does not fit is counted and logged instead.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -280,7 +279,9 @@ pub struct DriftMonitor {
     /// e^threshold and e^(clearing level), for the quick tests of every request.
     exp_threshold: f64,
     exp_clear: f64,
-    models: Mutex<HashMap<String, ModelWatch>>,
+    /// By model name. A device serves a handful of models: a list searched by name costs
+    /// less per request than hashing the name.
+    models: Mutex<Vec<(String, ModelWatch)>>,
     events: mpsc::Sender<LifecycleEvent>,
     dropped: std::sync::atomic::AtomicU64,
 }
@@ -292,7 +293,7 @@ impl DriftMonitor {
             exp_threshold: config.drift_threshold.exp(),
             exp_clear: (config.drift_threshold * CLEAR_RATIO).exp(),
             config,
-            models: Mutex::new(HashMap::new()),
+            models: Mutex::new(Vec::new()),
             events,
             dropped: 0.into(),
         }
@@ -478,7 +479,7 @@ impl DriftMonitor {
     /// reference and traffic are its own). Called on every request: one lookup when the
     /// revision is known, and the name is copied only when a revision is first seen.
     fn with_watch<R>(
-        models: &mut HashMap<String, ModelWatch>,
+        models: &mut Vec<(String, ModelWatch)>,
         name: &str,
         revision: (&str, &str),
         reference: Option<&ReferenceStats>,
@@ -486,13 +487,7 @@ impl DriftMonitor {
         f: impl FnOnce(&mut ModelWatch) -> R,
     ) -> R {
         let (version, digest) = revision;
-        if let Some(watch) = models.get_mut(name) {
-            if watch.digest == digest {
-                watch.watch_tensors(reference);
-                return f(watch);
-            }
-        }
-        let watch = ModelWatch {
+        let fresh = || ModelWatch {
             digest: digest.to_owned(),
             version: version.to_owned(),
             tensors: Vec::new(),
@@ -500,10 +495,19 @@ impl DriftMonitor {
             drifting: false,
             rate: RateWatch::new(now()),
         };
-        models.insert(name.to_owned(), watch);
-        let watch = models
-            .get_mut(name)
-            .expect("the watch of this name was just inserted");
+        let at = match models.iter().position(|(n, _)| n == name) {
+            Some(at) => {
+                if models[at].1.digest != digest {
+                    models[at].1 = fresh();
+                }
+                at
+            }
+            None => {
+                models.push((name.to_owned(), fresh()));
+                models.len() - 1
+            }
+        };
+        let watch = &mut models[at].1;
         watch.watch_tensors(reference);
         f(watch)
     }
@@ -516,7 +520,7 @@ impl DriftMonitor {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ModelWatch>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(String, ModelWatch)>> {
         // The state is counters only: one poisoned by a panic elsewhere is still usable.
         self.models.lock().unwrap_or_else(|p| p.into_inner())
     }
