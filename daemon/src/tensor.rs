@@ -419,12 +419,25 @@ impl<'a> TensorValues<'a> {
     /// Count, sum and sum of squares of the elements as f64 (booleans as 0 and 1), for the
     /// running statistics that drift detection compares with the manifest's reference.
     pub fn moments(&self) -> Moments {
-        let (sum, sum_sq) = each_as_f64!(self, values => values
-            .fold((0.0, 0.0), |(sum, sum_sq), x| (sum + x, sum_sq + x * x)));
+        let (sum, sum_sq, _) = self.sums_within(f64::MIN, f64::MAX);
         Moments {
             count: self.len() as u64,
             sum,
             sum_sq,
+        }
+    }
+
+    /// Sum and sum of squares as f64, and whether any value fails `low <= x <= high`.
+    fn sums_within(&self, low: f64, high: f64) -> (f64, f64, bool) {
+        match self {
+            TensorValues::Bool(v) => sums_within(v, |x| f64::from(u8::from(x)), low, high),
+            TensorValues::U8(v) => sums_within(v, f64::from, low, high),
+            TensorValues::I8(v) => sums_within(v, f64::from, low, high),
+            TensorValues::I16(v) => sums_within(v, f64::from, low, high),
+            TensorValues::I32(v) => sums_within(v, f64::from, low, high),
+            TensorValues::I64(v) => sums_within(v, |x| x as f64, low, high),
+            TensorValues::F32(v) => sums_within(v, f64::from, low, high),
+            TensorValues::F64(v) => sums_within(v, |x| x, low, high),
         }
     }
 
@@ -439,15 +452,7 @@ impl<'a> TensorValues<'a> {
         // (A NaN bound stays NaN: every value then fails, and the slow passes below answer.)
         let low = if low < f64::MIN { f64::MIN } else { low };
         let high = if high > f64::MAX { f64::MAX } else { high };
-        let (mut sum, mut sum_sq) = (0.0, 0.0);
-        let mut bad = false;
-        each_as_f64!(self, values => {
-            for x in values {
-                sum += x;
-                sum_sq += x * x;
-                bad |= !(x >= low && x <= high);
-            }
-        });
+        let (sum, sum_sq, bad) = self.sums_within(low, high);
         let moments = Moments {
             count: self.len() as u64,
             sum,
@@ -508,6 +513,39 @@ impl<'a> TensorValues<'a> {
         self.write_le_bytes(&mut out);
         out
     }
+}
+
+/// Sum and sum of squares of `values` as f64, and whether any fails `low <= x <= high`: in
+/// four lanes, so that an addition does not wait for the one before (the order of the sums
+/// is fixed: the same values give the same bits).
+fn sums_within<T: Copy>(
+    values: &[T],
+    as_f64: impl Fn(T) -> f64,
+    low: f64,
+    high: f64,
+) -> (f64, f64, bool) {
+    let (mut sum, mut sum_sq) = ([0.0f64; 4], [0.0f64; 4]);
+    let mut bad = false;
+    let mut chunks = values.chunks_exact(4);
+    for chunk in &mut chunks {
+        for (k, &value) in chunk.iter().enumerate() {
+            let x = as_f64(value);
+            sum[k] += x;
+            sum_sq[k] += x * x;
+            bad |= !(x >= low && x <= high);
+        }
+    }
+    for &value in chunks.remainder() {
+        let x = as_f64(value);
+        sum[0] += x;
+        sum_sq[0] += x * x;
+        bad |= !(x >= low && x <= high);
+    }
+    (
+        (sum[0] + sum[1]) + (sum[2] + sum[3]),
+        (sum_sq[0] + sum_sq[1]) + (sum_sq[2] + sum_sq[3]),
+        bad,
+    )
 }
 
 /// Serialises as a flat JSON array in the element type (f32 printed in its own shortest
@@ -693,6 +731,27 @@ mod tests {
                 .first_outside(0.0, 0.0),
             Some((1, 1.0))
         );
+    }
+
+    #[test]
+    fn moments_summed_in_lanes_are_the_sums_for_every_length() {
+        for n in 0..=11u32 {
+            let values: Vec<f32> = (1..=n).map(|i| i as f32).collect();
+            let m = TensorData::F32(values).values().moments();
+            let n = u64::from(n);
+            assert_eq!(m.count, n);
+            // Small integers: every partial sum is exact, whatever the order.
+            assert_eq!(m.sum, (n * (n + 1) / 2) as f64, "n = {n}");
+            assert_eq!(m.sum_sq, (n * (n + 1) * (2 * n + 1) / 6) as f64, "n = {n}");
+        }
+        let m = TensorData::Bool(vec![true, false, true, true, true])
+            .values()
+            .moments();
+        assert_eq!((m.count, m.sum, m.sum_sq), (5, 4.0, 4.0));
+        let m = TensorData::I64(vec![-3, 4, -5, 6, 7, -8, 9])
+            .values()
+            .moments();
+        assert_eq!((m.sum, m.sum_sq), (10.0, 280.0));
     }
 
     #[test]
