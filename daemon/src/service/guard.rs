@@ -1,6 +1,6 @@
 //! The inference guard: every check a request passes before and after the engine runs.
 //!
-//! Pure functions over the signed manifest's specs ([`check_inputs`], [`check_outputs`],
+//! Pure functions over the signed manifest's specs ([`check_inputs`], [`check_output`],
 //! [`check_requested_outputs`], [`deadline`]) and two small pieces of shared state: a per-peer
 //! [`RateLimiter`] (token buckets) and the [`Admission`] of requests to a bounded number of
 //! inference slots with a bounded queue. [`contain_panic`] turns a panic inside the engine
@@ -514,18 +514,8 @@ pub fn check_requested_outputs(
     Ok(())
 }
 
-/// Output sanity: a NaN or infinity in any output is the model's failure, not an answer.
-pub fn check_outputs<'a>(
-    outputs: impl IntoIterator<Item = (&'a str, TensorValues<'a>)>,
-) -> Result<(), Refusal> {
-    for (name, data) in outputs {
-        check_output(name, data)?;
-    }
-    Ok(())
-}
-
-/// Output sanity of one output ([`check_outputs`]); answers its moments, read in the same
-/// pass, for drift detection.
+/// Output sanity: a NaN or infinity in an output is the model's failure, not an answer.
+/// Answers the output's moments, read in the same pass, for drift detection.
 pub fn check_output(name: &str, data: TensorValues<'_>) -> Result<Moments, Refusal> {
     let survey = data.survey(None);
     if let Some((index, value)) = survey.first_non_finite {
@@ -1107,8 +1097,9 @@ mod tests {
         let r = check_requested_outputs(&specs, &[req("y"), req("y")]).unwrap_err();
         assert_eq!(r.reason, Reason::OutputName);
 
-        check_outputs([("y", TensorValues::F32(&[1.0, 2.0]))]).unwrap();
-        let r = check_outputs([("y", TensorValues::F32(&[1.0, f32::NAN]))]).unwrap_err();
+        let m = check_output("y", TensorValues::F32(&[1.0, 2.0])).unwrap();
+        assert_eq!((m.count, m.sum, m.sum_sq), (2, 3.0, 5.0));
+        let r = check_output("y", TensorValues::F32(&[1.0, f32::NAN])).unwrap_err();
         assert_eq!(r.reason, Reason::NonFiniteOutput);
         assert_eq!(r.reason.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(r.reason.is_model_fault());
