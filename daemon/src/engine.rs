@@ -11,8 +11,10 @@ use tract_onnx::prelude::*;
 
 use crate::tensor::{datatype_of, TensorError, V2Tensor};
 
+mod feed;
 mod maxpool;
 
+pub use feed::{Feed, FeedError};
 pub use maxpool::{substitute_kernels, MaxPool2x2S2};
 
 /// Why the engine refused or failed.
@@ -64,6 +66,9 @@ pub struct Engine {
     /// bookkeeping. `None` when the model has stateful operators (recurrent state): each run
     /// then gets a fresh state, so nothing of one request can reach the next.
     pool: Option<Mutex<Vec<TypedSimpleState>>>,
+    /// How pooled states take their inputs when tract's input check can be stated as a
+    /// [`Feed`] (`None`: tract's `run` checks and seats them).
+    feed: Option<Feed>,
     /// Typical run time in ns: a decaying average that jumps up at once to any slower run,
     /// [`UNMEASURED`] until the first run.
     run_ns: AtomicU64,
@@ -96,11 +101,13 @@ impl Engine {
             .iter()
             .all(Option::is_none)
             .then(|| Mutex::new(vec![first]));
+        let feed = pool.as_ref().and_then(|_| Feed::of(&plan));
         Ok(Engine {
             plan,
             inputs,
             outputs,
             pool,
+            feed,
             run_ns: AtomicU64::new(UNMEASURED),
         })
     }
@@ -127,8 +134,9 @@ impl Engine {
         self.run_ns.store(new, Ordering::Relaxed);
     }
 
-    /// Runs the plan on ordered inputs with a pooled state when the model allows it. A state
-    /// goes back to the pool only after a successful run: a failed or panicking run drops it.
+    /// Runs the plan on ordered inputs with a pooled state when the model allows it, fed by
+    /// [`Feed`] when the model's input facts allow that. A state goes back to the pool only
+    /// after a successful run: a failed or panicking run drops it.
     fn execute(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let Some(pool) = &self.pool else {
             return self.plan.run(inputs);
@@ -138,7 +146,13 @@ impl Engine {
             Some(state) => state,
             None => self.plan.spawn()?,
         };
-        let outputs = state.run(inputs)?;
+        let outputs = match &self.feed {
+            Some(feed) => match feed.run(&mut state, inputs)? {
+                Ok(outputs) => outputs,
+                Err(inputs) => state.run(inputs)?,
+            },
+            None => state.run(inputs)?,
+        };
         let mut states = pool.lock().unwrap_or_else(|p| p.into_inner());
         if states.len() < POOL_MAX {
             states.push(state);
@@ -312,6 +326,10 @@ mod tests {
     fn pooled_states_give_the_answers_of_a_fresh_plan_run_whatever_ran_before() {
         let engine = mlp();
         assert!(engine.pool.is_some(), "the mlp has no stateful operator");
+        assert!(
+            engine.feed.is_some(),
+            "the mlp's input is [N, 16]: a plain symbol and a fixed size"
+        );
         let fresh = |t: &Tensor| -> Vec<f32> {
             let out = engine.plan.run(tvec![t.clone().into_tvalue()]).unwrap();
             out[0]

@@ -518,34 +518,45 @@ impl<'a> TensorValues<'a> {
 /// Sum and sum of squares of `values` as f64, and whether any fails `low <= x <= high`: in
 /// four lanes, so that an addition does not wait for the one before (the order of the sums
 /// is fixed: the same values give the same bits).
+///
+/// The lanes are named variables and the range test has no branch: the daemon is built for
+/// size, where the compiler neither unrolls a loop over an array of lanes nor keeps it in
+/// registers (each addition then went through memory: 5.5 ns per value instead of under 1).
 fn sums_within<T: Copy>(
     values: &[T],
     as_f64: impl Fn(T) -> f64,
     low: f64,
     high: f64,
 ) -> (f64, f64, bool) {
-    let (mut sum, mut sum_sq) = ([0.0f64; 4], [0.0f64; 4]);
-    let mut bad = false;
+    let (mut s0, mut s1, mut s2, mut s3) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    let (mut q0, mut q1, mut q2, mut q3) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    let mut within = true;
+    let inside = |x: f64| (x >= low) & (x <= high);
     let mut chunks = values.chunks_exact(4);
     for chunk in &mut chunks {
-        for (k, &value) in chunk.iter().enumerate() {
-            let x = as_f64(value);
-            sum[k] += x;
-            sum_sq[k] += x * x;
-            bad |= !(x >= low && x <= high);
-        }
+        let (a, b, c, d) = (
+            as_f64(chunk[0]),
+            as_f64(chunk[1]),
+            as_f64(chunk[2]),
+            as_f64(chunk[3]),
+        );
+        s0 += a;
+        s1 += b;
+        s2 += c;
+        s3 += d;
+        q0 += a * a;
+        q1 += b * b;
+        q2 += c * c;
+        q3 += d * d;
+        within &= inside(a) & inside(b) & inside(c) & inside(d);
     }
     for &value in chunks.remainder() {
         let x = as_f64(value);
-        sum[0] += x;
-        sum_sq[0] += x * x;
-        bad |= !(x >= low && x <= high);
+        s0 += x;
+        q0 += x * x;
+        within &= inside(x);
     }
-    (
-        (sum[0] + sum[1]) + (sum[2] + sum[3]),
-        (sum_sq[0] + sum_sq[1]) + (sum_sq[2] + sum_sq[3]),
-        bad,
-    )
+    ((s0 + s1) + (s2 + s3), (q0 + q1) + (q2 + q3), !within)
 }
 
 /// Serialises as a flat JSON array in the element type (f32 printed in its own shortest
