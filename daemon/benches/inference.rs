@@ -11,8 +11,7 @@
 //! the generator to separate CPUs), `BENCH_TRACE` (a path: every open-loop run writes each
 //! request's scheduled time and latency to `PATH.RATE`), `BENCH_MODELS` (comma-separated, default
 //! `mlp,convnet`), `BENCH_PAIRS` (part B's one-at-a-time pairs, default 5000 for the MLP and
-//! 300 for the convnet), `BENCH_RAW_ON_SERVER_CPU` (0: part B's raw tract runs on the
-//! generator's CPU instead of mintd's).
+//! 300 for the convnet).
 //!
 //! A. In process, on one thread, against tract's own `run` on the same plan and input (the
 //!    plan mintd runs: `mintd::engine::optimize`, tract's optimisation with mintd's kernels): the
@@ -49,8 +48,6 @@ use mintd::engine::Engine;
 use mintd::service::drift::DriftMonitor;
 use mintd::service::infer;
 use mintd::service::registry::LoadedModel;
-use nix::sched::{sched_setaffinity, CpuSet};
-use nix::unistd::Pid;
 use tract_onnx::prelude::*;
 
 const MINTD: &str = env!("CARGO_BIN_EXE_mintd");
@@ -668,38 +665,17 @@ fn sustainable(target: &Target, request: &[u8], closed: f64, connections: usize)
 /// One connection, one request at a time, each right after one raw tract run in this
 /// process (paired, so that both see the same machine): (raw, end-to-end) latencies in µs,
 /// sorted.
-///
-/// With `cpus` = (the server's CPU, the generator's), each raw run moves this thread to the
-/// server's CPU and back before the request, so that raw tract and mintd run on the same
-/// CPU: on a shared host two vCPUs need not run at the same speed.
-fn paired(
-    target: &Target,
-    request: &[u8],
-    count: usize,
-    raw: &Raw,
-    cpus: Option<(usize, usize)>,
-) -> (Vec<f64>, Vec<f64>) {
-    let on = |cpu: Option<usize>| {
-        if let Some(cpu) = cpu {
-            let mut set = CpuSet::new();
-            set.set(cpu).expect("cpu index");
-            sched_setaffinity(Pid::from_raw(0), &set).expect("sched_setaffinity");
-        }
-    };
+fn paired(target: &Target, request: &[u8], count: usize, raw: &Raw) -> (Vec<f64>, Vec<f64>) {
     let mut conn = target.connect();
     for _ in 0..count / 10 {
-        on(cpus.map(|c| c.0));
         raw.run();
-        on(cpus.map(|c| c.1));
         conn.call(request);
     }
     let (mut r, mut e) = (Vec::with_capacity(count), Vec::with_capacity(count));
     for _ in 0..count {
-        on(cpus.map(|c| c.0));
         let t = Instant::now();
         raw.run();
         r.push(us(t.elapsed()));
-        on(cpus.map(|c| c.1));
         let t = Instant::now();
         assert_eq!(conn.call(request), 200);
         e.push(us(t.elapsed()));
@@ -1014,8 +990,7 @@ fn main() {
 
     println!(
         "\nB. end to end over the Unix socket, binary tensors (µs; added = mintd minus raw tract \
-         at the same percentile, raw tract run in this process right before each request, on \
-         mintd's CPU when pinned)"
+         at the same percentile, raw tract run in this process right before each request)"
     );
     println!(
         "{:<8} {:>8} {:>8} | {:>8} {:>8} {:>9} {:>9} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>9} {:>7}",
@@ -1055,8 +1030,7 @@ fn main() {
     for (b, raw) in benches.iter().zip(&raws).filter(|_| parts.contains('B')) {
         let request = b.http_request();
         let count = env_or("BENCH_PAIRS", if b.iterations > 1000 { 5000 } else { 300 });
-        let raw_cpus = (isolate && env_or("BENCH_RAW_ON_SERVER_CPU", 1) == 1).then_some((1, 0));
-        let (raw_lat, idle) = paired(&unix, &request, count, raw, raw_cpus);
+        let (raw_lat, idle) = paired(&unix, &request, count, raw);
         let (raw50, raw99) = (percentile(&raw_lat, 0.5), percentile(&raw_lat, 0.99));
         let (idle50, idle99) = (percentile(&idle, 0.5), percentile(&idle, 0.99));
         let (closed, failed) = saturate(&unix, &request, connections, secs);
