@@ -1,4 +1,5 @@
-//! Handing inputs to a pooled run state without tract's own input checks.
+//! Handing inputs to a pooled run state: tract's input check, made by mintd from facts read
+//! once at load.
 //!
 //! tract's `SimpleState::run` checks each input against the model's input fact before it
 //! runs: it resolves the fact's symbols from the tensor's shape (a symbol table and a scenario
@@ -11,8 +12,9 @@
 //! [`Feed::check`] is tract's check (same datum type, same rank, every fixed dimension equal,
 //! every symbol one value across all inputs), [`Feed::run`] then seats the values and the
 //! symbols in the state itself and runs tract's plan. A model whose facts say more than
-//! that (a dimension that is an expression, symbols with scenarios, a state that never ran)
-//! gets no `Feed`: the engine then calls tract's `run`, which checks as before.
+//! that (a dimension that is an expression, symbols with scenarios) gets no `Feed`, and a
+//! state that never ran is handed back: the engine then calls tract's `run`, which checks
+//! as before.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::{Symbol, TDim};
