@@ -14,7 +14,7 @@ use crate::tensor::{datatype_of, TensorError, V2Tensor};
 mod feed;
 mod maxpool;
 
-pub use feed::{Feed, FeedError};
+use feed::Feed;
 pub use maxpool::{substitute_kernels, MaxPool2x2S2};
 
 /// Why the engine refused or failed.

@@ -162,8 +162,8 @@ impl Feed {
 
     /// Runs `state` on `inputs` after [`Feed::check`]: the inputs and the symbols' values go
     /// straight into the state, then tract runs its plan, collects the outputs and clears the
-    /// turn as its `run` does. `Ok(None)` hands the inputs back when the state has never run
-    /// (its value table is not laid out yet): the caller then uses tract's `run`.
+    /// turn as its `run` does. `Ok(Err(inputs))` hands the inputs back when the state has never
+    /// run (its value table is not laid out yet): the caller then uses tract's `run`.
     pub fn run(
         &self,
         state: &mut TypedSimpleState,
