@@ -1,7 +1,7 @@
 //! `mintctl fleet watch`: a live table of the fleet from the retained `status` and
 //! `inventory` of every device, its `telemetry` and its `events`.
 //!
-//! [`FleetView`](super::view::FleetView) is the pure part; [`run`] feeds it from the broker
+//! [`FleetView`] is the pure part; [`run`] feeds it from the broker
 //! and prints.
 
 use std::io::{IsTerminal, Write};
