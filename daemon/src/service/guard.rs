@@ -19,7 +19,7 @@ use hyper::StatusCode;
 use mint_config::Api;
 use mint_updater::manifest::{DataType, GuardSettings, TensorSpec};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tract_onnx::prelude::{IntoTValue, TValue, TVec};
+use tract_onnx::prelude::{IntoTValue, TValue, TVec, Tensor};
 
 use super::infer::{InputData, RequestInput, RequestedOutput, Scalar};
 use crate::tensor::{tract_from_le_bytes, Moments, TensorData, TensorValues};
@@ -200,11 +200,15 @@ pub struct CheckedInput<'a> {
 impl CheckedInput<'_> {
     /// The values, borrowed from the tensor.
     pub fn values(&self) -> TensorValues<'_> {
-        // Checked inputs are made here, from a v2 datatype that tract has (FP16 is refused
-        // before), into tract's plain buffer: the view cannot fail.
-        TensorValues::of_tract(self.name, &self.tensor)
-            .expect("a checked input is a plain tensor of a v2 datatype")
+        checked_view(self.name, &self.tensor)
     }
+}
+
+/// The values of an input tensor [`check_input`] made. It is made from a v2 datatype that
+/// tract has (FP16 is refused before), into tract's plain buffer: the view cannot fail.
+fn checked_view<'t>(name: &str, tensor: &'t Tensor) -> TensorValues<'t> {
+    TensorValues::of_tract(name, tensor)
+        .expect("a checked input is a plain tensor of a v2 datatype")
 }
 
 /// Checks a request's inputs against the manifest's input specs: every input named once,
@@ -336,9 +340,7 @@ fn check_input<'a>(
                 .map_err(|e| Refusal::new(Reason::Value, format!("input {name:?}: {e}")))?
         }
     };
-    let survey = TensorValues::of_tract(name, &tensor)
-        .expect("a checked input is a plain tensor of a v2 datatype")
-        .survey(spec.range);
+    let survey = checked_view(name, &tensor).survey(spec.range);
     if let Some((index, value)) = survey.first_non_finite {
         return refuse(
             Reason::NonFinite,
