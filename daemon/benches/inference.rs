@@ -24,7 +24,11 @@
 //!    tract at low load (one connection), saturation throughput (closed loop), the highest
 //!    rate an open loop sustains (bisection), then p50/p99 of an open-loop load at 80 % of it
 //!    (latency from the scheduled send time when the server's delay held the request back, so
-//!    no coordinated omission).
+//!    no coordinated omission). The same phases against the floor (`support/floor.rs`): a
+//!    minimal blocking server of the same model on the same CPUs (read the request, raw tract,
+//!    write the answer), so that what the machine costs any server is told apart from what
+//!    mintd adds; the one-at-a-time requests go to mintd and the floor in turn, each turn
+//!    after one raw tract run.
 //! C. Throughput over loopback TCP, mintd (`api.tcp`) against `ort_server.py` (onnxruntime
 //!    behind the standard library's ThreadingHTTPServer), same load generator, same requests
 //!    (binary tensor extension, what tritonclient sends by default), interleaved rounds.
@@ -49,6 +53,9 @@ use mintd::service::drift::DriftMonitor;
 use mintd::service::infer;
 use mintd::service::registry::LoadedModel;
 use tract_onnx::prelude::*;
+
+#[path = "support/floor.rs"]
+mod floor;
 
 const MINTD: &str = env!("CARGO_BIN_EXE_mintd");
 const MINTCTL: &str = env!("CARGO_BIN_EXE_mintctl");
@@ -432,6 +439,21 @@ fn steal_ms(cpu: usize) -> Option<u64> {
     Some(ticks * 10)
 }
 
+/// Minor page faults of process `pid` so far (`/proc/PID/stat`, all its threads): each one
+/// is a page of memory touched for the first time since the allocator took it from the
+/// kernel.
+fn minor_faults(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // The fields after the command name (which may hold spaces) start with the state; the
+    // minor fault count is the tenth field of the line, the eighth after the name.
+    let after_name = &stat[stat.rfind(')').expect("(comm)") + 2..];
+    after_name
+        .split_whitespace()
+        .nth(7)
+        .and_then(|f| f.parse().ok())
+        .expect("minflt")
+}
+
 /// `mintd_inference_runs_total` from `/metrics`: (inline, blocking) so far.
 fn runs_by_thread(socket: &Path) -> (u64, u64) {
     let mut stream = UnixStream::connect(socket).expect("metrics");
@@ -662,27 +684,34 @@ fn sustainable(target: &Target, request: &[u8], closed: f64, connections: usize)
     low
 }
 
-/// One connection, one request at a time, each right after one raw tract run in this
-/// process (paired, so that both see the same machine): (raw, end-to-end) latencies in µs,
-/// sorted.
-fn paired(target: &Target, request: &[u8], count: usize, raw: &Raw) -> (Vec<f64>, Vec<f64>) {
-    let mut conn = target.connect();
+/// One connection to each target, one request at a time: each turn runs raw tract once in
+/// this process, then one request to every target, in an order that rotates from turn to
+/// turn (so that all see the same machine and none is always first). Raw tract's
+/// latencies, then each target's, in µs, sorted.
+fn paired(targets: &[&Target], request: &[u8], count: usize, raw: &Raw) -> Vec<Vec<f64>> {
+    let mut conns: Vec<Connection> = targets.iter().map(|t| t.connect()).collect();
     for _ in 0..count / 10 {
         raw.run();
-        conn.call(request);
+        for conn in &mut conns {
+            conn.call(request);
+        }
     }
-    let (mut r, mut e) = (Vec::with_capacity(count), Vec::with_capacity(count));
-    for _ in 0..count {
+    let mut lat = vec![Vec::with_capacity(count); conns.len() + 1];
+    for turn in 0..count {
         let t = Instant::now();
         raw.run();
-        r.push(us(t.elapsed()));
-        let t = Instant::now();
-        assert_eq!(conn.call(request), 200);
-        e.push(us(t.elapsed()));
+        lat[0].push(us(t.elapsed()));
+        for k in 0..conns.len() {
+            let i = (turn + k) % conns.len();
+            let t = Instant::now();
+            assert_eq!(conns[i].call(request), 200);
+            lat[i + 1].push(us(t.elapsed()));
+        }
     }
-    r.sort_by(f64::total_cmp);
-    e.sort_by(f64::total_cmp);
-    (r, e)
+    for l in &mut lat {
+        l.sort_by(f64::total_cmp);
+    }
+    lat
 }
 
 /// Sets the CPU affinity of process `pid` with util-linux's `taskset`: of every thread when
@@ -804,6 +833,27 @@ fn start_mintd(dir: &Path) -> (Reaped, PathBuf, SocketAddr) {
     (child, socket, addr)
 }
 
+/// Part B's floor server for `b`'s model (the bench itself again, [`floor::serve`]), pinned
+/// to `cpus` when given, ready to connect.
+fn start_floor(dir: &Path, b: &Bench, cpus: Option<String>) -> (Reaped, Target) {
+    let socket = dir.join(format!("floor-{}.sock", b.name));
+    let child = Command::new(std::env::current_exe().expect("bench binary"))
+        .env("MINT_BENCH_FLOOR", &socket)
+        .env("MINT_BENCH_FLOOR_MODEL", fixture(b.file))
+        .spawn()
+        .expect("spawn the floor server");
+    let child = Reaped(child);
+    if let Some(cpus) = cpus {
+        pin(child.0.id(), &cpus, true);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while UnixStream::connect(&socket).is_err() {
+        assert!(Instant::now() < deadline, "the floor server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, Target::Unix(socket))
+}
+
 fn start_ort(python: &str, benches: &[Bench]) -> (Reaped, SocketAddr) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/ort_server.py");
     let mut cmd = Command::new(python);
@@ -856,6 +906,11 @@ fn output_values(target: &Target, request: &[u8]) -> Vec<f32> {
 fn main() {
     if let Ok(secs) = std::env::var("MINT_BENCH_HICCUP") {
         spin_for_hiccups(secs.parse().expect("MINT_BENCH_HICCUP seconds"));
+        return;
+    }
+    if let Ok(socket) = std::env::var("MINT_BENCH_FLOOR") {
+        let model = std::env::var("MINT_BENCH_FLOOR_MODEL").expect("MINT_BENCH_FLOOR_MODEL");
+        floor::serve(Path::new(&socket), Path::new(&model));
         return;
     }
     let secs: f64 = env_or("BENCH_SECS", 5.0);
@@ -1029,47 +1084,68 @@ fn main() {
     }
     for (b, raw) in benches.iter().zip(&raws).filter(|_| parts.contains('B')) {
         let request = b.http_request();
+        let (floor_server, floor) =
+            start_floor(dir, b, isolate.then(|| format!("1-{}", cores - 1)));
         let count = env_or("BENCH_PAIRS", if b.iterations > 1000 { 5000 } else { 300 });
-        let (raw_lat, idle) = paired(&unix, &request, count, raw);
-        let (raw50, raw99) = (percentile(&raw_lat, 0.5), percentile(&raw_lat, 0.99));
-        let (idle50, idle99) = (percentile(&idle, 0.5), percentile(&idle, 0.99));
-        let (closed, failed) = saturate(&unix, &request, connections, secs);
-        assert!(failed == 0.0, "{} refused at saturation: {failed}", b.name);
-        let open = sustainable(&unix, &request, closed, open_connections);
-        let rate = 0.8 * open;
-        let before = runs_by_thread(&socket);
-        let stolen = steal_ms(1);
-        let run = open_loop(&unix, &request, rate, open_connections, secs);
-        let stolen = steal_ms(1).zip(stolen).map(|(b, a)| b - a);
-        let after = runs_by_thread(&socket);
-        let lat = &run.latencies;
-        let (p50, p99) = (percentile(lat, 0.5), percentile(lat, 0.99));
-        println!(
-            "{:<8} {raw50:>8.1} {raw99:>8.1} | {idle50:>8.1} {idle99:>8.1} {:>9.1} {:>9.1} | \
-             {closed:>8.0} {open:>8.0} {rate:>8.0} | {p50:>8.1} {p99:>8.1} {:>9.1} {:>7.2}{}",
-            b.name,
-            idle50 - raw50,
-            idle99 - raw99,
-            p50 - raw50,
-            p99 / p50,
-            if run.failed > 0 {
-                format!("  ({} refused)", run.failed)
-            } else if run.overrun > 1.01 {
-                format!(
-                    "  (did not keep up: the last answer came {:.0} ms after the schedule's end)",
-                    (run.overrun - 1.0) * secs * 1000.0
-                )
+        let faults = |pids: [u32; 2]| pids.map(minor_faults);
+        let before = faults([mintd.0.id(), floor_server.0.id()]);
+        let lat = paired(&[&unix, &floor], &request, count, raw);
+        let after = faults([mintd.0.id(), floor_server.0.id()]);
+        let per_request = |i: usize| (after[i] - before[i]) as f64 / count as f64;
+        let (raw50, raw99) = (percentile(&lat[0], 0.5), percentile(&lat[0], 0.99));
+        for (who, target, one) in [(b.name, &unix, &lat[1]), ("  floor", &floor, &lat[2])] {
+            let (one50, one99) = (percentile(one, 0.5), percentile(one, 0.99));
+            let (closed, failed) = saturate(target, &request, connections, secs);
+            assert!(failed == 0.0, "{who} refused at saturation: {failed}");
+            let open = sustainable(target, &request, closed, open_connections);
+            let rate = 0.8 * open;
+            let before = runs_by_thread(&socket);
+            let stolen = steal_ms(1);
+            let run = open_loop(target, &request, rate, open_connections, secs);
+            let stolen = steal_ms(1).zip(stolen).map(|(b, a)| b - a);
+            let after = runs_by_thread(&socket);
+            let (p50, p99) = (
+                percentile(&run.latencies, 0.5),
+                percentile(&run.latencies, 0.99),
+            );
+            println!(
+                "{who:<8} {raw50:>8.1} {raw99:>8.1} | {one50:>8.1} {one99:>8.1} {:>9.1} {:>9.1} | \
+                 {closed:>8.0} {open:>8.0} {rate:>8.0} | {p50:>8.1} {p99:>8.1} {:>9.1} {:>7.2}{}",
+                one50 - raw50,
+                one99 - raw99,
+                p50 - raw50,
+                p99 / p50,
+                if run.failed > 0 {
+                    format!("  ({} refused)", run.failed)
+                } else if run.overrun > 1.01 {
+                    format!(
+                        "  (did not keep up: the last answer came {:.0} ms after the schedule's end)",
+                        (run.overrun - 1.0) * secs * 1000.0
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            if std::ptr::eq(target, &unix) {
+                println!(
+                    "         80 % run: {} runs inline on the async worker, {} on the blocking \
+                     pool; time the hypervisor took from CPU 1 (steal): {}",
+                    after.0 - before.0,
+                    after.1 - before.1,
+                    stolen.map_or("unknown".into(), |ms| format!("{ms} ms"))
+                );
             } else {
-                String::new()
+                println!(
+                    "         80 % run: steal {}; one at a time, mintd minus the floor: p50 \
+                     {:.1}, p99 {:.1}; page faults per request: mintd {:.1}, the floor {:.1}",
+                    stolen.map_or("unknown".into(), |ms| format!("{ms} ms")),
+                    percentile(&lat[1], 0.5) - percentile(&lat[2], 0.5),
+                    percentile(&lat[1], 0.99) - percentile(&lat[2], 0.99),
+                    per_request(0),
+                    per_request(1),
+                );
             }
-        );
-        println!(
-            "         80 % run: {} runs inline on the async worker, {} on the blocking pool; \
-             time the hypervisor took from CPU 1 (steal): {}",
-            after.0 - before.0,
-            after.1 - before.1,
-            stolen.map_or("unknown".into(), |ms| format!("{ms} ms"))
-        );
+        }
     }
 
     if isolate {
