@@ -12,9 +12,11 @@ use tract_onnx::prelude::*;
 use crate::tensor::{datatype_of, TensorError, V2Tensor};
 
 mod feed;
+mod fuse;
 mod maxpool;
 
 use feed::Feed;
+pub use fuse::fuse_scalar_ops_across_reshapes;
 pub use maxpool::{substitute_kernels, MaxPool2x2S2};
 
 /// Why the engine refused or failed.
@@ -246,14 +248,17 @@ impl Engine {
     }
 }
 
-/// The typed model mintd runs for ONNX `bytes`: tract's optimised model with mintd's own
-/// kernels substituted ([`substitute_kernels`]). [`Engine::load_unchecked`] makes its plan
-/// from it; benchmarks and profiles call it to run the very same plan.
+/// The typed model mintd runs for ONNX `bytes`: tract's optimised model, scalar operations
+/// after a convolution's reshape fused into its product
+/// ([`fuse_scalar_ops_across_reshapes`]), and mintd's own kernels substituted
+/// ([`substitute_kernels`]). [`Engine::load_unchecked`] makes its plan from it; benchmarks
+/// and profiles call it to run the very same plan.
 pub fn optimize(mut bytes: &[u8]) -> Result<TypedModel, EngineError> {
     let model = tract_onnx::onnx()
         .model_for_read(&mut bytes)
         .map_err(load)?;
     let typed = model.into_optimized().map_err(load)?;
+    let typed = fuse_scalar_ops_across_reshapes(typed).map_err(load)?;
     substitute_kernels(typed).map_err(load)
 }
 
@@ -364,7 +369,7 @@ mod tests {
     }
 
     #[test]
-    fn the_convnet_runs_mintds_pools_and_gives_stock_tracts_bits() {
+    fn the_convnet_runs_mintds_pools_and_fused_relus_and_gives_stock_tracts_bits() {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../tests/fixtures/models/convnet.onnx"
@@ -380,6 +385,8 @@ mod tests {
         let count = |name: &str| ops.iter().filter(|op| *op == name).count();
         assert_eq!(count("MaxPool2x2S2"), 3, "{ops:?}");
         assert_eq!(count("OptMaxPool"), 0, "{ops:?}");
+        // The three convolutions' Relus run in their products' kernels, as fc1's does.
+        assert_eq!(count("OptMaxByScalar"), 0, "{ops:?}");
         let stock = tract_onnx::onnx()
             .model_for_path(path)
             .unwrap()
