@@ -2,7 +2,7 @@
 //!
 //! tract-core 0.23.9 vectorises its 2×2 f32 pool only at stride 1; at stride 2 (the usual
 //! down-sampling pool of a convnet) it visits every tap through a scalar loop with bounds
-//! checks. [`substitute_kernels`] swaps each such `OptMaxPool` of an optimised model for
+//! checks. [`substitute_pools`] swaps each such `OptMaxPool` of an optimised model for
 //! [`MaxPool2x2S2`], which reads the two input rows of an output row as pairs and folds them
 //! exactly as tract does, so the outputs are the same bits.
 
@@ -99,10 +99,9 @@ fn pool_row(r0: &[f32], r1: &[f32], out: &mut [f32]) {
 }
 
 /// Replaces, in an optimised model, each of tract's `OptMaxPool` nodes that [`MaxPool2x2S2`]
-/// computes the same by that operator; leaves every other node as it is. Run it on the result
-/// of `into_optimized()`, before `into_runnable()`: [`super::optimize`] does, and so the
-/// engine, the benchmark and `tract_profile` all run the same plan.
-pub fn substitute_kernels(mut model: TypedModel) -> TractResult<TypedModel> {
+/// computes the same by that operator; leaves every other node as it is. Part of
+/// [`super::substitute_kernels`].
+pub fn substitute_pools(mut model: TypedModel) -> TractResult<TypedModel> {
     for id in 0..model.nodes.len() {
         if replaceable(&model, &model.nodes[id])? {
             model.nodes[id].op = Box::new(MaxPool2x2S2);
@@ -240,7 +239,7 @@ mod tests {
                             PaddingSpec::Valid,
                         );
                         assert!(op_names(&stock).contains(&"OptMaxPool".to_string()));
-                        let ours = substitute_kernels(stock.clone()).unwrap();
+                        let ours = substitute_pools(stock.clone()).unwrap();
                         assert_eq!(op_names(&ours), ["Source", "MaxPool2x2S2"], "{shape:?}");
                         let (stock, ours) = (
                             stock.into_runnable().unwrap(),
@@ -277,7 +276,7 @@ mod tests {
             .unwrap()
             .run(tvec![input.clone().into_tvalue()])
             .unwrap();
-        let got = substitute_kernels(stock)
+        let got = substitute_pools(stock)
             .unwrap()
             .into_runnable()
             .unwrap()
@@ -363,7 +362,7 @@ mod tests {
                 names.contains(&"OptMaxPool".to_string()),
                 "{what}: {names:?}"
             );
-            let ours = substitute_kernels(stock).unwrap();
+            let ours = substitute_pools(stock).unwrap();
             assert_eq!(op_names(&ours), names, "{what}");
         }
     }
@@ -377,7 +376,7 @@ mod tests {
             [2, 2],
             PaddingSpec::Explicit(tvec![0, 0], tvec![0, 0]),
         );
-        let ours = substitute_kernels(stock).unwrap();
+        let ours = substitute_pools(stock).unwrap();
         assert_eq!(op_names(&ours), ["Source", "MaxPool2x2S2"]);
     }
 
@@ -393,7 +392,7 @@ mod tests {
             let stock = pool_model(&shape, DataFormat::NCHW, [2, 2], [2, 2], PaddingSpec::Valid);
             let names = op_names(&stock);
             assert_eq!(names, ["Source", "OptMaxPool"], "{shape:?}");
-            let ours = substitute_kernels(stock).unwrap();
+            let ours = substitute_pools(stock).unwrap();
             assert_eq!(op_names(&ours), names, "{shape:?}");
         }
     }
