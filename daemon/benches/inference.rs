@@ -1086,6 +1086,14 @@ fn main() {
         let request = b.http_request();
         let (floor_server, floor) =
             start_floor(dir, b, isolate.then(|| format!("1-{}", cores - 1)));
+        // The floor runs the very plan mintd runs: the same answer, bit for bit.
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        assert_eq!(
+            bits(output_values(&floor, &request)),
+            bits(output_values(&unix, &request)),
+            "{}: the floor's answer is not mintd's",
+            b.name
+        );
         let count = env_or("BENCH_PAIRS", if b.iterations > 1000 { 5000 } else { 300 });
         let faults = |pids: [u32; 2]| pids.map(minor_faults);
         let before = faults([mintd.0.id(), floor_server.0.id()]);
