@@ -273,6 +273,22 @@ pub fn substitute_kernels(model: TypedModel) -> TractResult<TypedModel> {
     maxpool::substitute_pools(pad::substitute_pads(model)?)
 }
 
+/// The body of mintd's f32 operators: `kernel` reads `input`'s values and writes those of a
+/// new f32 tensor of `shape` (zeroed at allocation), which is the operator's one output.
+fn f32_into_new(
+    input: &Tensor,
+    shape: &[usize],
+    kernel: impl FnOnce(&[f32], &mut [f32]),
+) -> TractResult<TVec<TValue>> {
+    let mut output = Tensor::zero::<f32>(shape)?;
+    {
+        let input = input.try_as_plain_ram()?;
+        let mut out = output.try_as_plain_ram_mut()?;
+        kernel(input.as_slice::<f32>()?, out.as_slice_mut::<f32>()?);
+    }
+    Ok(tvec!(output.into_tvalue()))
+}
+
 fn load(e: TractError) -> EngineError {
     EngineError::Load(format!("{e:#}"))
 }

@@ -36,13 +36,9 @@ impl EvalOp for MaxPool2x2S2 {
         let &[n, c, h, w] = input.shape() else {
             bail!("MaxPool2x2S2 wants a rank-4 input, got {:?}", input.shape());
         };
-        let mut output = Tensor::zero::<f32>(&[n, c, h / 2, w / 2])?;
-        {
-            let input = input.try_as_plain_ram()?;
-            let mut out = output.try_as_plain_ram_mut()?;
-            pool_planes(input.as_slice::<f32>()?, out.as_slice_mut::<f32>()?, h, w);
-        }
-        Ok(tvec!(output.into_tvalue()))
+        super::f32_into_new(&input, &[n, c, h / 2, w / 2], |input, out| {
+            pool_planes(input, out, h, w)
+        })
     }
 }
 

@@ -49,21 +49,10 @@ impl EvalOp for PadConstant {
         let in_shape = input.shape().to_vec();
         let out_shape = self.output_shape(&in_shape);
         let before: Vec<usize> = self.pads.iter().map(|p| p.0).collect();
-        // Zeroed at allocation (fresh pages come zeroed), then every element written once.
-        let mut output = Tensor::zero::<f32>(&out_shape)?;
-        {
-            let input = input.try_as_plain_ram()?;
-            let mut out = output.try_as_plain_ram_mut()?;
-            pad_into(
-                input.as_slice::<f32>()?,
-                &in_shape,
-                out.as_slice_mut::<f32>()?,
-                &out_shape,
-                &before,
-                f32::from_bits(self.value.0),
-            );
-        }
-        Ok(tvec!(output.into_tvalue()))
+        let value = f32::from_bits(self.value.0);
+        super::f32_into_new(&input, &out_shape, |input, out| {
+            pad_into(input, &in_shape, out, &out_shape, &before, value)
+        })
     }
 }
 
