@@ -260,7 +260,7 @@ pub fn optimize(mut bytes: &[u8]) -> Result<TypedModel, EngineError> {
         .model_for_read(&mut bytes)
         .map_err(load)?;
     let typed = model.into_optimized().map_err(load)?;
-    let typed = fuse_scalar_ops_across_reshapes(typed).map_err(load)?;
+    let typed = fuse_scalar_ops_across_reshapes(typed);
     substitute_kernels(typed).map_err(load)
 }
 
