@@ -15,6 +15,8 @@ mod feed;
 mod fuse;
 mod maxpool;
 mod pad;
+#[cfg(test)]
+mod testing;
 
 use feed::Feed;
 pub use fuse::fuse_scalar_ops_across_reshapes;

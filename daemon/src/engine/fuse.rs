@@ -99,6 +99,7 @@ fn hoist(model: &TypedModel, id: usize) -> TractResult<Option<TypedModelPatch>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::testing;
     use rand::rngs::SmallRng;
     use rand::{Rng, SeedableRng};
     use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
@@ -156,15 +157,14 @@ mod tests {
     }
 
     fn count(model: &TypedModel, name: &str) -> usize {
-        model.nodes.iter().filter(|n| n.op.name() == name).count()
+        testing::op_names(model)
+            .iter()
+            .filter(|n| *n == name)
+            .count()
     }
 
     fn bits(outputs: &[TValue]) -> Vec<u32> {
-        outputs
-            .iter()
-            .flat_map(|t| t.to_plain_array_view::<f32>().unwrap().to_owned())
-            .map(f32::to_bits)
-            .collect()
+        outputs.iter().flat_map(|t| testing::bits(t)).collect()
     }
 
     /// Finite inputs with ±0 and large magnitudes among ordinary values; with `special`, NaN
@@ -262,11 +262,8 @@ mod tests {
     #[test]
     fn a_product_whose_output_is_also_read_elsewhere_is_left_alone() {
         let tract = conv_then([3, 8, 16, 16], Box::new(math::Max), 0.0, true);
-        let names = |m: &TypedModel| -> Vec<String> {
-            m.nodes.iter().map(|n| n.op.name().to_string()).collect()
-        };
         let ours = fuse_scalar_ops_across_reshapes(tract.clone());
-        assert_eq!(names(&ours), names(&tract));
+        assert_eq!(testing::op_names(&ours), testing::op_names(&tract));
     }
 
     #[test]

@@ -146,6 +146,7 @@ fn replaceable(model: &TypedModel, node: &TypedNode) -> TractResult<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::testing::{bits, one_op_model, op_names};
     use rand::rngs::SmallRng;
     use rand::{Rng, SeedableRng};
     use tract_onnx::tract_core::ops::cnn::{MaxPool, PoolSpec};
@@ -171,31 +172,11 @@ mod tests {
             channels,
             channels,
         );
-        let mut model = TypedModel::default();
-        let source = model.add_source("x", f32::fact(shape)).unwrap();
         let pool = MaxPool {
             pool_spec: spec,
             with_index_outputs: None,
         };
-        let out = model.wire_node("pool", pool, &[source]).unwrap();
-        model.select_output_outlets(&out).unwrap();
-        model.into_optimized().unwrap()
-    }
-
-    fn op_names(model: &TypedModel) -> Vec<String> {
-        model
-            .nodes
-            .iter()
-            .map(|n| n.op.name().to_string())
-            .collect()
-    }
-
-    fn bits(t: &TValue) -> Vec<u32> {
-        t.to_plain_array_view::<f32>()
-            .unwrap()
-            .iter()
-            .map(|x| x.to_bits())
-            .collect()
+        one_op_model(f32::fact(shape), pool)
     }
 
     /// Values that tell folds apart: NaN, ±inf, ±0, f32::MIN, repeats and ordinary numbers.
