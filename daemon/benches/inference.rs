@@ -708,32 +708,79 @@ fn sustainable(target: &Target, request: &[u8], closed: f64, connections: usize)
 
 /// One connection to each target, one request at a time: each turn runs raw tract once in
 /// this process, then one request to every target, in an order that rotates from turn to
-/// turn (so that all see the same machine and none is always first). Raw tract's
-/// latencies, then each target's, in µs, sorted.
-fn paired(targets: &[&Target], request: &[u8], count: usize, raw: &Raw) -> Vec<Vec<f64>> {
-    let mut conns: Vec<Connection> = targets.iter().map(|t| t.connect()).collect();
-    for _ in 0..count / 10 {
-        raw.run();
-        for conn in &mut conns {
-            conn.call(request);
+/// turn (so that all see the same machine and none is always first). With `server_cpus`, each
+/// turn also runs raw tract on the servers' CPUs first (a thread of this process pinned
+/// there, handed the turn over a channel; only its run is timed), so that a server's latency
+/// is compared with tract's run on the CPU it ran on. Raw tract's latencies here, then each
+/// target's, then (with `server_cpus`) raw tract's on the servers' CPUs, in µs, sorted.
+fn paired(
+    targets: &[&Target],
+    request: &[u8],
+    count: usize,
+    raw: &Raw,
+    server_cpus: Option<&str>,
+) -> Vec<Vec<f64>> {
+    std::thread::scope(|scope| {
+        let (turn_tx, turn_rx) = std::sync::mpsc::channel::<()>();
+        let (took_tx, took_rx) = std::sync::mpsc::channel::<f64>();
+        if let Some(cpus) = server_cpus {
+            scope.spawn(move || {
+                pin(current_tid(), cpus, false);
+                for () in turn_rx {
+                    let t = Instant::now();
+                    raw.run();
+                    if took_tx.send(us(t.elapsed())).is_err() {
+                        return;
+                    }
+                }
+            });
         }
-    }
-    let mut lat = vec![Vec::with_capacity(count); conns.len() + 1];
-    for turn in 0..count {
-        let t = Instant::now();
-        raw.run();
-        lat[0].push(us(t.elapsed()));
-        for k in 0..conns.len() {
-            let i = (turn + k) % conns.len();
+        let remote = || -> Option<f64> {
+            server_cpus?;
+            turn_tx.send(()).expect("raw tract's thread");
+            Some(took_rx.recv().expect("raw tract's thread"))
+        };
+        let mut conns: Vec<Connection> = targets.iter().map(|t| t.connect()).collect();
+        for _ in 0..count / 10 {
+            remote();
+            raw.run();
+            for conn in &mut conns {
+                conn.call(request);
+            }
+        }
+        let mut lat = vec![Vec::with_capacity(count); conns.len() + 2];
+        for turn in 0..count {
+            if let Some(took) = remote() {
+                lat[conns.len() + 1].push(took);
+            }
             let t = Instant::now();
-            assert_eq!(conns[i].call(request), 200);
-            lat[i + 1].push(us(t.elapsed()));
+            raw.run();
+            lat[0].push(us(t.elapsed()));
+            for k in 0..conns.len() {
+                let i = (turn + k) % conns.len();
+                let t = Instant::now();
+                assert_eq!(conns[i].call(request), 200);
+                lat[i + 1].push(us(t.elapsed()));
+            }
         }
-    }
-    for l in &mut lat {
-        l.sort_by(f64::total_cmp);
-    }
-    lat
+        drop(turn_tx);
+        if server_cpus.is_none() {
+            lat.pop();
+        }
+        for l in &mut lat {
+            l.sort_by(f64::total_cmp);
+        }
+        lat
+    })
+}
+
+/// The calling thread's id (`/proc/thread-self` links to `PID/task/TID`).
+fn current_tid() -> u32 {
+    let link = fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+    link.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.parse().ok())
+        .expect("a thread id")
 }
 
 /// Sets the CPU affinity of process `pid` with util-linux's `taskset`: of every thread when
@@ -1068,7 +1115,8 @@ fn main() {
 
     println!(
         "\nB. end to end over the Unix socket, binary tensors (µs; added = mintd minus raw tract \
-         at the same percentile, raw tract run in this process right before each request)"
+         at the same percentile, raw tract run right before each request on the servers' CPU \
+         by a thread of this process pinned there, or in this process when not pinned)"
     );
     println!(
         "{:<8} {:>8} {:>8} | {:>8} {:>8} {:>9} {:>9} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>9} {:>7}",
@@ -1120,10 +1168,19 @@ fn main() {
         let count = env_or("BENCH_PAIRS", if b.iterations > 1000 { 5000 } else { 300 });
         let faults = |pids: [u32; 2]| pids.map(minor_faults);
         let before = faults([mintd.0.id(), floor_server.0.id()]);
-        let lat = paired(&[&unix, &floor], &request, count, raw);
+        let server_cpus = isolate.then(|| format!("1-{}", cores - 1));
+        let lat = paired(
+            &[&unix, &floor],
+            &request,
+            count,
+            raw,
+            server_cpus.as_deref(),
+        );
         let after = faults([mintd.0.id(), floor_server.0.id()]);
         let per_request = |i: usize| (after[i] - before[i]) as f64 / count as f64;
-        let (raw50, raw99) = (percentile(&lat[0], 0.5), percentile(&lat[0], 0.99));
+        // The reference: raw tract on the servers' CPUs when they are apart, else here.
+        let reference = lat.get(3).unwrap_or(&lat[0]);
+        let (raw50, raw99) = (percentile(reference, 0.5), percentile(reference, 0.99));
         for (who, target, one, is_mintd) in [
             (b.name, &unix, &lat[1], true),
             ("  floor", &floor, &lat[2], false),
@@ -1181,6 +1238,14 @@ fn main() {
                     per_request(1),
                 );
             }
+        }
+        if lat.len() > 3 {
+            println!(
+                "         raw tract in the generator's process on CPU 0 (the reference of runs 1 \
+                 to 15): p50 {:.1}, p99 {:.1}; on the servers' CPU: p50 {raw50:.1}, p99 {raw99:.1}",
+                percentile(&lat[0], 0.5),
+                percentile(&lat[0], 0.99),
+            );
         }
     }
 
