@@ -190,6 +190,7 @@ mod tests {
         before: [usize; 2],
         after: [usize; 2],
         strides: [usize; 2],
+        dilations: [usize; 2],
         group: usize,
     }
 
@@ -202,6 +203,7 @@ mod tests {
         before: [1, 1],
         after: [1, 1],
         strides: [1, 1],
+        dilations: [1, 1],
         group: 1,
     };
 
@@ -235,7 +237,7 @@ mod tests {
                     tvec![g.before[0], g.before[1]],
                     tvec![g.after[0], g.after[1]],
                 ),
-                None,
+                Some(tvec![g.dilations[0], g.dilations[1]]),
                 Some(tvec![g.strides[0], g.strides[1]]),
                 g.cin,
                 g.cout,
@@ -281,8 +283,9 @@ mod tests {
         };
         let (k, b) = (values(weights(g)), values(biases(g)));
         let [kh, kw] = g.kernel;
-        let out_h = (g.h + g.before[0] + g.after[0] - kh) / g.strides[0] + 1;
-        let out_w = (g.w + g.before[1] + g.after[1] - kw) / g.strides[1] + 1;
+        let [dh, dw] = g.dilations;
+        let out_h = (g.h + g.before[0] + g.after[0] - dh * (kh - 1) - 1) / g.strides[0] + 1;
+        let out_w = (g.w + g.before[1] + g.after[1] - dw * (kw - 1) - 1) / g.strides[1] + 1;
         let mut out = Vec::new();
         for o in 0..g.cout {
             for y in 0..out_h {
@@ -291,8 +294,10 @@ mod tests {
                     for c in 0..g.cin {
                         for dy in 0..kh {
                             for dx in 0..kw {
-                                let iy = (y * g.strides[0] + dy) as isize - g.before[0] as isize;
-                                let ix = (x * g.strides[1] + dx) as isize - g.before[1] as isize;
+                                let iy =
+                                    (y * g.strides[0] + dy * dh) as isize - g.before[0] as isize;
+                                let ix =
+                                    (x * g.strides[1] + dx * dw) as isize - g.before[1] as isize;
                                 if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
                                     continue;
                                 }
