@@ -355,13 +355,7 @@ mod tests {
 
     fn run(engine: &Engine, t: &Tensor) -> Result<Vec<f32>, EngineError> {
         let out = engine.run_tensors(vec![("input".into(), t.clone())])?;
-        Ok(out[0]
-            .1
-            .to_plain_array_view::<f32>()
-            .unwrap()
-            .iter()
-            .copied()
-            .collect())
+        Ok(testing::values(&out[0].1))
     }
 
     #[test]
@@ -374,12 +368,7 @@ mod tests {
         );
         let fresh = |t: &Tensor| -> Vec<f32> {
             let out = engine.plan.run(tvec![t.clone().into_tvalue()]).unwrap();
-            out[0]
-                .to_plain_array_view::<f32>()
-                .unwrap()
-                .iter()
-                .copied()
-                .collect()
+            testing::values(&out[0])
         };
         let (a, b) = (input(0.37, 1), input(1.9, 3));
         let (want_a, want_b) = (fresh(&a), fresh(&b));
@@ -441,13 +430,7 @@ mod tests {
             .unwrap()
             .into_runnable()
             .unwrap();
-        let values = |t: &Tensor| -> Vec<f32> {
-            t.to_plain_array_view::<f32>()
-                .unwrap()
-                .iter()
-                .copied()
-                .collect()
-        };
+        let values = testing::values;
         for seed in [0.37f32, 1.9, -5.3] {
             let pixels: Vec<f32> = (0..3 * 64 * 64).map(|i| (i as f32 * seed).sin()).collect();
             let image = Tensor::from_shape(&[1, 3, 64, 64], &pixels).unwrap();

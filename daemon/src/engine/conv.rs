@@ -176,7 +176,7 @@ fn rewrite(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::testing::op_names;
+    use crate::engine::testing::{op_names, values};
     use tract_onnx::tract_core::ops::cnn::{KernelFormat, PoolSpec};
 
     /// One convolution's geometry.
@@ -264,24 +264,12 @@ mod tests {
     fn run(model: &TypedModel, image: &Tensor) -> Vec<f32> {
         let plan = model.clone().into_runnable().unwrap();
         let out = plan.run(tvec![image.clone().into_tvalue()]).unwrap();
-        out[0]
-            .to_plain_array_view::<f32>()
-            .unwrap()
-            .iter()
-            .copied()
-            .collect()
+        values(&out[0])
     }
 
     /// Each output of `g` on `image` in f64, and the sum of its terms' magnitudes.
     fn reference(g: &Geometry, image: &[f32]) -> Vec<(f64, f64)> {
-        let values = |t: Tensor| -> Vec<f32> {
-            t.to_plain_array_view::<f32>()
-                .unwrap()
-                .iter()
-                .copied()
-                .collect()
-        };
-        let (k, b) = (values(weights(g)), values(biases(g)));
+        let (k, b) = (values(&weights(g)), values(&biases(g)));
         let [kh, kw] = g.kernel;
         let [dh, dw] = g.dilations;
         let out_h = (g.h + g.before[0] + g.after[0] - dh * (kh - 1) - 1) / g.strides[0] + 1;

@@ -192,6 +192,7 @@ impl Feed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::testing::values;
     use tract_onnx::tract_core::ops::math::add;
 
     /// A model of two inputs `a: f32 [N, 4]` and `b: f32 [N, 4]`, their sum.
@@ -204,14 +205,6 @@ mod tests {
         let sum = model.wire_node("sum", add(), &[a, b]).unwrap();
         model.select_output_outlets(&sum).unwrap();
         model.into_runnable().unwrap()
-    }
-
-    fn values(t: &TValue) -> Vec<f32> {
-        t.to_plain_array_view::<f32>()
-            .unwrap()
-            .iter()
-            .copied()
-            .collect()
     }
 
     fn ones(rows: usize) -> TValue {

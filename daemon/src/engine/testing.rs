@@ -20,11 +20,16 @@ pub fn op_names(model: &TypedModel) -> Vec<String> {
         .collect()
 }
 
-/// The bits of an f32 tensor's values, in order.
-pub fn bits(t: &Tensor) -> Vec<u32> {
+/// An f32 tensor's values, in order.
+pub fn values(t: &Tensor) -> Vec<f32> {
     t.to_plain_array_view::<f32>()
         .unwrap()
         .iter()
-        .map(|x| x.to_bits())
+        .copied()
         .collect()
+}
+
+/// The bits of an f32 tensor's values, in order.
+pub fn bits(t: &Tensor) -> Vec<u32> {
+    values(t).into_iter().map(f32::to_bits).collect()
 }
