@@ -32,21 +32,20 @@ const MAX_TAPS: usize = 576;
 
 /// The most output channels the direct convolution takes. im2col's matrix product gathers
 /// each input point once and shares it across the output channels, so the more channels,
-/// the better it pays back. Measured on the convnet fixture (x86-64, AVX-512 kernels): the
-/// direct convolution takes 3→32 channels at 64 points a row in 0.44× im2col's time and
-/// 32→64 at 32 points in 0.81×, but 64→128 at 16 points in 1.35×.
+/// the better it pays back. Measured on the convnet fixture (x86-64, AVX-512 products): the
+/// direct convolution takes 3→32 channels at 64 points a row in 0.4–0.5× im2col's time and
+/// 32→64 at 32 points in 0.7–0.85×, but 64→128 at 16 points in 1.35×.
 const MAX_OUTPUT_CHANNELS: usize = 64;
 
 /// Rewrites, in a decluttered model, each f32 NCHW convolution of one group whose output rows
 /// are [`MIN_ROW`] to 127 points wide, with at most [`MAX_OUTPUT_CHANNELS`] output channels
-/// and at most [`MAX_TAPS`] inputs per output point, as a constant-zero `Pad` (when padded) and tract's
-/// `DirectSpatialConv` over the padded image; leaves every other node as it is. Does nothing
-/// on a machine without tract's `conv_w4` kernel.
-pub fn substitute_convs(model: TypedModel) -> TractResult<TypedModel> {
-    if tract_linalg_routines_missing() {
+/// and at most [`MAX_TAPS`] inputs per output point, as a constant-zero `Pad` (when padded)
+/// and tract's `DirectSpatialConv` over the padded image; leaves every other node as it is.
+/// Does nothing on a machine without tract's `conv_w4` kernel.
+pub fn substitute_convs(mut model: TypedModel) -> TractResult<TypedModel> {
+    if !has_direct_kernel() {
         return Ok(model);
     }
-    let mut model = model;
     for id in 0..model.nodes.len() {
         let node = &model.nodes[id];
         let Some(conv) = node.op_as::<Conv>() else {
@@ -63,8 +62,10 @@ pub fn substitute_convs(model: TypedModel) -> TractResult<TypedModel> {
     Ok(model)
 }
 
-fn tract_linalg_routines_missing() -> bool {
-    tract_linalg::routines::conv_w4_f32().is_none()
+/// Whether this machine has tract-linalg's `conv_w4` kernel (x86-64 with AVX2 and FMA,
+/// aarch64), which `DirectSpatialConv` runs.
+fn has_direct_kernel() -> bool {
+    tract_linalg::routines::conv_w4_f32().is_some()
 }
 
 /// The padding before and after each spatial axis, when the direct convolution takes `node`.
@@ -80,6 +81,7 @@ fn eligible(
         || spec.rank() != 2
         || node.inputs.len() != 3
         || !matches!(spec.padding, PaddingSpec::Valid | PaddingSpec::Explicit(..))
+        // The kernel vectorises input strides 1 to 3 along a row.
         || !(1..=3).contains(&spec.stride(1))
     {
         return Ok(None);
@@ -337,13 +339,9 @@ mod tests {
         }
     }
 
-    fn with_direct_kernels() -> bool {
-        !tract_linalg_routines_missing()
-    }
-
     #[test]
     fn narrow_convolutions_run_direct_with_the_exact_values_within_rounding() {
-        if !with_direct_kernels() {
+        if !has_direct_kernel() {
             return;
         }
         let cases = [
@@ -411,7 +409,7 @@ mod tests {
     fn output_channels_not_a_multiple_of_four_run_direct_where_tract_can() {
         let g = Geometry { cout: 6, ..G };
         let (tract, mintd) = plans(&g);
-        let direct = with_direct_kernels() && tract_linalg::routines::depthwise_w_f32().is_some();
+        let direct = has_direct_kernel() && tract_linalg::routines::depthwise_w_f32().is_some();
         assert_eq!(
             direct_convs(&mintd),
             usize::from(direct),
@@ -456,7 +454,7 @@ mod tests {
 
     #[test]
     fn nan_and_infinities_reach_the_same_outputs_as_in_tracts_plan() {
-        if !with_direct_kernels() {
+        if !has_direct_kernel() {
             return;
         }
         let g = G;
