@@ -210,7 +210,8 @@ pub struct Api {
     pub tcp: Option<SocketAddr>,
     /// Largest request body, in bytes.
     pub max_body_bytes: u64,
-    /// Inferences run at the same time.
+    /// Inferences run at the same time. For throughput at least twice the cores: with one
+    /// slot per core, a core waits at each hand-over between two requests.
     pub max_concurrency: u32,
     /// Requests waiting for a free inference slot before new ones are refused.
     pub queue_depth: u32,
