@@ -1169,17 +1169,15 @@ fn main() {
         let faults = |pids: [u32; 2]| pids.map(minor_faults);
         let before = faults([mintd.0.id(), floor_server.0.id()]);
         let server_cpus = isolate.then(|| format!("1-{}", cores - 1));
-        let lat = paired(
-            &[&unix, &floor],
-            &request,
-            count,
-            raw,
-            server_cpus.as_deref(),
-        );
+        let targets = [&unix, &floor];
+        // Raw tract here, then mintd's and the floor's latencies, then raw tract on the
+        // servers' CPU when pinned.
+        let on_server_cpu = targets.len() + 1;
+        let lat = paired(&targets, &request, count, raw, server_cpus.as_deref());
         let after = faults([mintd.0.id(), floor_server.0.id()]);
         let per_request = |i: usize| (after[i] - before[i]) as f64 / count as f64;
         // The reference: raw tract on the servers' CPUs when they are apart, else here.
-        let reference = lat.get(3).unwrap_or(&lat[0]);
+        let reference = lat.get(on_server_cpu).unwrap_or(&lat[0]);
         let (raw50, raw99) = (percentile(reference, 0.5), percentile(reference, 0.99));
         for (who, target, one, is_mintd) in [
             (b.name, &unix, &lat[1], true),
@@ -1239,7 +1237,7 @@ fn main() {
                 );
             }
         }
-        if lat.len() > 3 {
+        if lat.len() > on_server_cpu {
             println!(
                 "         raw tract in the generator's process on CPU 0 (the reference of runs 1 \
                  to 15): p50 {:.1}, p99 {:.1}; on the servers' CPU: p50 {raw50:.1}, p99 {raw99:.1}",
