@@ -6,6 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n== %s (%ss)\n' "$1" "$SECONDS" >&2; }
 
+# One full build, not an edit loop: incremental caches would only add 1.4 GB to the disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+target_dir="${CARGO_TARGET_DIR:-target}"
+mkdir -p "$target_dir"
+disk() { df -h --output=avail,target "$target_dir" | tail -n 1 | awk '{print $1 " free on " $2}'; }
+printf 'disk: %s (a clean run writes about 3 GB under %s)\n' "$(disk)" "$target_dir" >&2
+
 step "system packages"
 scripts/deps.sh
 
@@ -24,3 +31,4 @@ cargo build --workspace --bins --locked
 step "tests"
 cargo test --workspace --locked --no-fail-fast
 step "done"
+printf 'disk: %s; %s is %s\n' "$(disk)" "$target_dir" "$(du -sh "$target_dir" | cut -f1)" >&2
