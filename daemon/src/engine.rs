@@ -11,6 +11,8 @@ use tract_onnx::prelude::*;
 
 use crate::tensor::{datatype_of, TensorError, V2Tensor};
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod conv;
 mod feed;
 mod fuse;
@@ -415,7 +417,12 @@ mod tests {
         assert_eq!(count("OptMaxPool"), 0, "{ops:?}");
         assert_eq!(count("PadConstant"), 3, "{ops:?}");
         assert_eq!(count("Pad"), 0, "{ops:?}");
-        if tract_linalg::routines::conv_w4_f32().is_some() {
+        if conv::has_avx512_kernel() {
+            // All three convolutions run on mintd's AVX-512 kernel, their Relus inside it.
+            assert_eq!(count("DirectConvAvx512"), 3, "{ops:?}");
+            assert_eq!(count("OptMaxByScalar"), 0, "{ops:?}");
+            assert_eq!(count("LazyIm2col"), 0, "{ops:?}");
+        } else if tract_linalg::routines::conv_w4_f32().is_some() {
             // conv1 (3→32 channels) and conv2 (32→64) run direct, each Relu after them on its
             // own; conv3 (64→128) keeps im2col and its Relu runs in its product's kernel.
             assert_eq!(count("DirectSpatialConv"), 2, "{ops:?}");

@@ -18,7 +18,9 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::array::{Pad, PadMode};
 use tract_onnx::tract_core::ops::cnn::conv::DirectSpatialConv;
-use tract_onnx::tract_core::ops::cnn::{wire_reshape_bias_for_bin, Conv, PaddingSpec};
+use tract_onnx::tract_core::ops::cnn::{
+    wire_reshape_bias_for_bin, Conv, KernelFormat, PaddingSpec,
+};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 /// The shortest output row the direct convolution takes: the kernel computes sixteen points
@@ -37,29 +39,52 @@ const MAX_TAPS: usize = 576;
 /// 32→64 at 32 points in 0.7–0.85×, but 64→128 at 16 points in 1.35×.
 const MAX_OUTPUT_CHANNELS: usize = 64;
 
-/// Rewrites, in a decluttered model, each f32 NCHW convolution of one group whose output rows
-/// are [`MIN_ROW`] to 127 points wide, with at most [`MAX_OUTPUT_CHANNELS`] output channels
-/// and at most [`MAX_TAPS`] inputs per output point, as a constant-zero `Pad` (when padded)
-/// and tract's `DirectSpatialConv` over the padded image; leaves every other node as it is.
-/// Does nothing on a machine without tract's `conv_w4` kernel.
+/// Zeros added before and after each spatial axis.
+type Padding = Vec<(usize, usize)>;
+
+/// Which direct convolution computes a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    /// mintd's own, on x86-64 cores with AVX-512 ([`super::avx512`]).
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    /// tract's `DirectSpatialConv`.
+    Tract,
+}
+
+/// Rewrites, in a decluttered model, f32 NCHW convolutions of one group with constant
+/// weights and output rows of at least [`MIN_ROW`] points as a constant-zero `Pad` (when
+/// padded) and a direct convolution over the padded image; leaves every other node as it
+/// is. The direct convolution is:
+///
+/// - on x86-64 with AVX-512, mintd's [`super::avx512::DirectConvAvx512`], for a stride of 1
+///   along the rows (any number of channels and taps);
+/// - otherwise tract's `DirectSpatialConv` (where tract-linalg has its `conv_w4` kernel:
+///   x86-64 with AVX2 and FMA, aarch64), for rows of at most 127 points, strides 1 to 3 along
+///   them, at most [`MAX_OUTPUT_CHANNELS`] output channels and [`MAX_TAPS`] inputs per output.
 pub fn substitute_convs(mut model: TypedModel) -> TractResult<TypedModel> {
-    if !has_direct_kernel() {
-        return Ok(model);
-    }
     for id in 0..model.nodes.len() {
         let node = &model.nodes[id];
         let Some(conv) = node.op_as::<Conv>() else {
             continue;
         };
-        let Some(padding) = eligible(&model, node, conv)? else {
+        let Some((padding, kernel)) = eligible(&model, node, conv)? else {
             continue;
         };
         let conv = conv.clone();
-        let patch = rewrite(&model, id, &conv, &padding)?;
+        let patch = rewrite(&model, id, &conv, &padding, kernel)?;
         patch.apply(&mut model)?;
     }
     model.compact()?;
     Ok(model)
+}
+
+/// Whether this machine has mintd's AVX-512 convolution kernel.
+pub(super) fn has_avx512_kernel() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return super::avx512::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
 }
 
 /// Whether this machine has tract-linalg's `conv_w4` kernel (x86-64 with AVX2 and FMA,
@@ -68,12 +93,13 @@ fn has_direct_kernel() -> bool {
     tract_linalg::routines::conv_w4_f32().is_some()
 }
 
-/// The padding before and after each spatial axis, when the direct convolution takes `node`.
+/// The padding before and after each spatial axis, and the kernel, when a direct
+/// convolution takes `node`.
 fn eligible(
     model: &TypedModel,
     node: &TypedNode,
     conv: &Conv,
-) -> TractResult<Option<Vec<(usize, usize)>>> {
+) -> TractResult<Option<(Padding, Kernel)>> {
     let spec = &conv.pool_spec;
     if conv.q_params.is_some()
         || conv.group != 1
@@ -81,18 +107,11 @@ fn eligible(
         || spec.rank() != 2
         || node.inputs.len() != 3
         || !matches!(spec.padding, PaddingSpec::Valid | PaddingSpec::Explicit(..))
-        // The kernel vectorises input strides 1 to 3 along a row.
-        || !(1..=3).contains(&spec.stride(1))
     {
         return Ok(None);
     }
     let taps = spec.kernel_shape.iter().product::<usize>();
-    if taps < 2 || conv.input_channels() * taps > MAX_TAPS {
-        return Ok(None);
-    }
-    if !conv.output_channels().is_multiple_of(4)
-        && tract_linalg::routines::depthwise_w_f32().is_none()
-    {
+    if taps < 2 {
         return Ok(None);
     }
     let input = model.outlet_fact(node.inputs[0])?;
@@ -111,19 +130,62 @@ fn eligible(
         return Ok(None);
     };
     let w = *output.hw_dims().last().unwrap_or(&0);
-    if !(MIN_ROW..128).contains(&w) {
+    if w < MIN_ROW {
         return Ok(None);
     }
-    if conv.output_channels() > MAX_OUTPUT_CHANNELS {
+    let kernel = if has_avx512_kernel() && avx512_takes(model, node, conv)? {
+        #[cfg(target_arch = "x86_64")]
+        {
+            Kernel::Avx512
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("AVX-512 only on x86-64")
+    } else if tract_takes(conv, w) {
+        Kernel::Tract
+    } else {
         return Ok(None);
-    }
+    };
     let hw = &shape[2..];
-    Ok(Some(
-        spec.computed_padding(hw)
-            .iter()
-            .map(|p| (p.pad_before, p.pad_after))
-            .collect(),
-    ))
+    let padding = spec
+        .computed_padding(hw)
+        .iter()
+        .map(|p| (p.pad_before, p.pad_after))
+        .collect();
+    Ok(Some((padding, kernel)))
+}
+
+/// Whether mintd's AVX-512 kernel computes an otherwise eligible convolution: stride 1
+/// along the rows, OIHW weights, one bias per output channel (or one for all).
+fn avx512_takes(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractResult<bool> {
+    let weights = model.outlet_fact(node.inputs[1])?;
+    let bias = model.outlet_fact(node.inputs[2])?;
+    let spec = &conv.pool_spec;
+    let oihw = [
+        conv.output_channels(),
+        conv.input_channels(),
+        spec.kernel_shape[0],
+        spec.kernel_shape[1],
+    ];
+    Ok(spec.stride(1) == 1
+        && conv.kernel_fmt == KernelFormat::OIHW
+        && weights.datum_type == f32::datum_type()
+        && weights.shape.as_concrete() == Some(&oihw[..])
+        && bias.datum_type == f32::datum_type()
+        && matches!(bias.shape.volume().to_usize(), Ok(n) if n == 1 || n == conv.output_channels()))
+}
+
+/// Whether tract's `DirectSpatialConv` computes an otherwise eligible convolution with output
+/// rows of `w` points faster than its im2col, and this machine has its kernel.
+fn tract_takes(conv: &Conv, w: usize) -> bool {
+    let taps = conv.pool_spec.kernel_shape.iter().product::<usize>();
+    has_direct_kernel()
+        // The kernel vectorises input strides 1 to 3 along a row.
+        && (1..=3).contains(&conv.pool_spec.stride(1))
+        && conv.input_channels() * taps <= MAX_TAPS
+        && (conv.output_channels().is_multiple_of(4)
+            || tract_linalg::routines::depthwise_w_f32().is_some())
+        && w < 128
+        && conv.output_channels() <= MAX_OUTPUT_CHANNELS
 }
 
 fn rewrite(
@@ -131,6 +193,7 @@ fn rewrite(
     id: usize,
     conv: &Conv,
     padding: &[(usize, usize)],
+    with: Kernel,
 ) -> TractResult<TypedModelPatch> {
     let node = &model.nodes[id];
     let name = &node.name;
@@ -149,9 +212,23 @@ fn rewrite(
             &[x],
         )?[0];
     }
+    let x_fact = patch.outlet_fact(x)?.clone();
+    #[cfg(target_arch = "x86_64")]
+    if with == Kernel::Avx512 {
+        let op = avx512_op(model, node, conv, &x_fact)?;
+        let (op, last) = match relu_after(model, id)? {
+            Some(relu) => (op.with_relu(), relu),
+            None => (op, id),
+        };
+        let out = patch.wire_node(name, op, &[x])?[0];
+        patch.shunt_outside(model, OutletId::new(last, 0), out)?;
+        patch.obliterate(id)?;
+        patch.obliterate(last)?;
+        return Ok(patch);
+    }
+    debug_assert_eq!(with, Kernel::Tract);
     let mut valid = conv.clone();
     valid.pool_spec.padding = PaddingSpec::Valid;
-    let x_fact = patch.outlet_fact(x)?.clone();
     let x_shape = x_fact
         .shape
         .as_concrete()
@@ -175,15 +252,81 @@ fn rewrite(
     Ok(patch)
 }
 
+/// The Relu that alone reads convolution `id`'s output, if there is one: tract's
+/// `TypedBinOp(Max)` of that output and a constant +0 (ONNX's `Relu` once decluttered), of
+/// the convolution's output shape.
+#[cfg(target_arch = "x86_64")]
+fn relu_after(model: &TypedModel, id: usize) -> TractResult<Option<usize>> {
+    use tract_onnx::tract_core::ops::binary::TypedBinOp;
+    use tract_onnx::tract_core::ops::math::Max;
+    let conv_out = OutletId::new(id, 0);
+    let readers = &model.nodes[id].outputs[0].successors;
+    if readers.len() != 1 || model.output_outlets()?.contains(&conv_out) {
+        return Ok(None);
+    }
+    let next = &model.nodes[readers[0].node];
+    let is_max = next
+        .op_as::<TypedBinOp>()
+        .is_some_and(|op| op.0.is::<Max>() && op.1.is_none());
+    if !is_max || next.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let other = model.outlet_fact(next.inputs[1 - readers[0].slot])?;
+    let zero = other.konst.as_ref().is_some_and(|k| {
+        k.datum_type() == f32::datum_type()
+            && k.len() == 1
+            && k.cast_to_scalar::<f32>().is_ok_and(|v| v.to_bits() == 0)
+    });
+    let same_shape =
+        model.outlet_fact(OutletId::new(next.id, 0))?.shape == model.outlet_fact(conv_out)?.shape;
+    Ok((zero && same_shape).then_some(next.id))
+}
+
+/// mintd's AVX-512 convolution of `node` over its padded input of `x`.
+#[cfg(target_arch = "x86_64")]
+fn avx512_op(
+    model: &TypedModel,
+    node: &TypedNode,
+    conv: &Conv,
+    x: &TypedFact,
+) -> TractResult<super::avx512::DirectConvAvx512> {
+    use super::avx512::{DirectConvAvx512, Geometry};
+    let constant = |ix: usize| -> TractResult<Vec<f32>> {
+        let fact = model.outlet_fact(node.inputs[ix])?;
+        let tensor = fact.konst.as_ref().context("constant weights and bias")?;
+        Ok(tensor
+            .to_plain_array_view::<f32>()?
+            .iter()
+            .copied()
+            .collect())
+    };
+    let (weights, mut bias) = (constant(1)?, constant(2)?);
+    if bias.len() == 1 {
+        bias = vec![bias[0]; conv.output_channels()];
+    }
+    let shape = x.shape.as_concrete().context("concrete input")?;
+    let spec = &conv.pool_spec;
+    let geometry = Geometry {
+        input_channels: conv.input_channels(),
+        output_channels: conv.output_channels(),
+        input: [shape[2], shape[3]],
+        kernel: [spec.kernel_shape[0], spec.kernel_shape[1]],
+        dilations: [spec.dilation(0), spec.dilation(1)],
+        row_stride: spec.stride(0),
+    };
+    DirectConvAvx512::new(geometry, &weights, &bias)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::engine::testing::{op_names, values};
-    use tract_onnx::tract_core::ops::cnn::{KernelFormat, PoolSpec};
+    use tract_onnx::tract_core::ops::cnn::PoolSpec;
 
     /// One convolution's geometry.
     #[derive(Debug, Clone, Copy)]
     struct Geometry {
+        batch: usize,
         cin: usize,
         cout: usize,
         h: usize,
@@ -197,6 +340,7 @@ mod tests {
     }
 
     const G: Geometry = Geometry {
+        batch: 1,
         cin: 3,
         cout: 8,
         h: 5,
@@ -223,11 +367,26 @@ mod tests {
         Tensor::from_shape(&[g.cout], &values).unwrap()
     }
 
-    /// A decluttered model of one tract `Conv` of geometry `g` over an f32 NCHW image.
+    /// A decluttered model of one tract `Conv` of geometry `g` over f32 NCHW images.
     fn conv_model(g: &Geometry) -> TypedModel {
+        conv_relu_model(g, None)
+    }
+
+    /// How a Relu follows the convolution of [`conv_relu_model`].
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Relu {
+        /// The Relu alone reads the convolution's output.
+        Alone,
+        /// The convolution's output is also an output of the model.
+        Shared,
+    }
+
+    /// [`conv_model`], followed by a Relu as ONNX's importer wires one (`max(x, 0)`).
+    fn conv_relu_model(g: &Geometry, relu: Option<Relu>) -> TypedModel {
+        use tract_onnx::tract_core::ops::math::max;
         let mut model = TypedModel::default();
         let x = model
-            .add_source("x", f32::fact([1, g.cin, g.h, g.w]))
+            .add_source("x", f32::fact([g.batch, g.cin, g.h, g.w]))
             .unwrap();
         let k = model.add_const("k", weights(g)).unwrap();
         let b = model.add_const("b", biases(g)).unwrap();
@@ -249,14 +408,31 @@ mod tests {
             q_params: None,
         };
         let y = model.wire_node("conv", conv, &[x, k, b]).unwrap();
-        model.select_output_outlets(&y).unwrap();
+        let outputs = match relu {
+            None => y.to_vec(),
+            Some(relu) => {
+                let zero = model.add_const("zero", tensor4(&[[[[0f32]]]])).unwrap();
+                let r = model.wire_node("relu", max(), &[y[0], zero]).unwrap()[0];
+                if relu == Relu::Shared {
+                    vec![r, y[0]]
+                } else {
+                    vec![r]
+                }
+            }
+        };
+        model.select_output_outlets(&outputs).unwrap();
         model.into_decluttered().unwrap()
     }
 
     /// tract's plan and mintd's for geometry `g`.
     fn plans(g: &Geometry) -> (TypedModel, TypedModel) {
-        let tract = conv_model(g).into_optimized().unwrap();
-        let mintd = substitute_convs(conv_model(g))
+        relu_plans(g, None)
+    }
+
+    /// tract's plan and mintd's for [`conv_relu_model`].
+    fn relu_plans(g: &Geometry, relu: Option<Relu>) -> (TypedModel, TypedModel) {
+        let tract = conv_relu_model(g, relu).into_optimized().unwrap();
+        let mintd = substitute_convs(conv_relu_model(g, relu))
             .unwrap()
             .into_optimized()
             .unwrap();
@@ -264,13 +440,26 @@ mod tests {
     }
 
     fn run(model: &TypedModel, image: &Tensor) -> Vec<f32> {
-        let plan = model.clone().into_runnable().unwrap();
-        let out = plan.run(tvec![image.clone().into_tvalue()]).unwrap();
-        values(&out[0])
+        run_all(model, image).swap_remove(0)
     }
 
-    /// Each output of `g` on `image` in f64, and the sum of its terms' magnitudes.
-    fn reference(g: &Geometry, image: &[f32]) -> Vec<(f64, f64)> {
+    /// The values of each output of `model` on `image`.
+    fn run_all(model: &TypedModel, image: &Tensor) -> Vec<Vec<f32>> {
+        let plan = model.clone().into_runnable().unwrap();
+        let out = plan.run(tvec![image.clone().into_tvalue()]).unwrap();
+        out.iter().map(|t| values(t)).collect()
+    }
+
+    /// Each output of `g` on `images` in f64, and the sum of its terms' magnitudes.
+    fn reference(g: &Geometry, images: &[f32]) -> Vec<(f64, f64)> {
+        images
+            .chunks_exact(g.cin * g.h * g.w)
+            .flat_map(|image| reference_one(g, image))
+            .collect()
+    }
+
+    /// [`reference`] for one image.
+    fn reference_one(g: &Geometry, image: &[f32]) -> Vec<(f64, f64)> {
         let (k, b) = (values(&weights(g)), values(&biases(g)));
         let [kh, kw] = g.kernel;
         let [dh, dw] = g.dilations;
@@ -305,30 +494,53 @@ mod tests {
         out
     }
 
+    /// Values for `g.batch` images.
     fn image(g: &Geometry, seed: f32) -> Vec<f32> {
-        (0..g.cin * g.h * g.w)
+        (0..g.batch * g.cin * g.h * g.w)
             .map(|i| (i as f32 * seed).sin() * 3.)
             .collect()
     }
 
+    /// The direct convolutions of a plan, tract's and mintd's.
     fn direct_convs(model: &TypedModel) -> usize {
         op_names(model)
             .iter()
-            .filter(|n| *n == "DirectSpatialConv")
+            .filter(|n| *n == "DirectSpatialConv" || *n == "DirectConvAvx512")
             .count()
+    }
+
+    /// How many of a plan's operators are named `name`.
+    fn count(model: &TypedModel, name: &str) -> usize {
+        op_names(model).iter().filter(|n| *n == name).count()
     }
 
     /// Every output of both plans is within f32 summation's error bound of the exact value:
     /// (terms + 1) × ε × the sum of the terms' magnitudes.
     fn check_values(g: &Geometry, tract: &TypedModel, mintd: &TypedModel) {
+        check_relu_values(g, None, tract, mintd)
+    }
+
+    /// [`check_values`] for the plans of [`conv_relu_model`]: each of the model's outputs
+    /// against the exact values, through `max(·, 0)` for the Relu's.
+    fn check_relu_values(g: &Geometry, relu: Option<Relu>, tract: &TypedModel, mintd: &TypedModel) {
         for seed in [0.37f32, 1.9] {
             let values = image(g, seed);
-            let t = Tensor::from_shape(&[1, g.cin, g.h, g.w], &values).unwrap();
-            let want = reference(g, &values);
+            let t = Tensor::from_shape(&[g.batch, g.cin, g.h, g.w], &values).unwrap();
+            let exact = reference(g, &values);
+            let relu_exact: Vec<_> = exact.iter().map(|&(v, size)| (v.max(0.), size)).collect();
+            let wanted: Vec<&[(f64, f64)]> = match relu {
+                None => vec![&exact],
+                Some(Relu::Alone) => vec![&relu_exact],
+                Some(Relu::Shared) => vec![&relu_exact, &exact],
+            };
             let terms = (g.cin * g.kernel[0] * g.kernel[1] + 1) as f64;
-            for (plan, got) in [("tract", run(tract, &t)), ("mintd", run(mintd, &t))] {
+            let outputs = [("tract", run_all(tract, &t)), ("mintd", run_all(mintd, &t))];
+            for (plan, got, want) in outputs
+                .iter()
+                .flat_map(|(plan, all)| all.iter().zip(&wanted).map(move |(g, w)| (plan, g, w)))
+            {
                 assert_eq!(got.len(), want.len(), "{plan}: {g:?}");
-                for (i, (got, (exact, size))) in got.iter().zip(&want).enumerate() {
+                for (i, (got, (exact, size))) in got.iter().zip(want.iter()).enumerate() {
                     let bound = terms * f32::EPSILON as f64 * size;
                     assert!(
                         (*got as f64 - exact).abs() <= bound,
@@ -421,14 +633,10 @@ mod tests {
 
     #[test]
     fn other_convolutions_keep_tracts_plan() {
-        let cases = [
-            // Rows too short, or wide enough for tract's own direct convolution.
+        let mut cases = vec![
+            // Rows too short.
             Geometry { w: 14, ..G },
-            Geometry { w: 128, ..G },
-            // More output channels than pay back, more taps than tract's limit.
-            Geometry { cout: 68, ..G },
-            Geometry { cin: 65, ..G },
-            // Groups, a stride the kernel does not vectorise, a single tap.
+            // Groups, a stride no kernel vectorises, a single tap.
             Geometry {
                 cin: 4,
                 group: 2,
@@ -446,6 +654,15 @@ mod tests {
                 ..G
             },
         ];
+        if !has_avx512_kernel() {
+            cases.extend([
+                // Wide enough for tract's own direct convolution.
+                Geometry { w: 128, ..G },
+                // More output channels than pay back, more taps than tract's limit.
+                Geometry { cout: 68, ..G },
+                Geometry { cin: 65, ..G },
+            ]);
+        }
         for g in cases {
             let (tract, mintd) = plans(&g);
             assert_eq!(op_names(&mintd), op_names(&tract), "{g:?}");
@@ -453,12 +670,138 @@ mod tests {
     }
 
     #[test]
-    fn nan_and_infinities_reach_the_same_outputs_as_in_tracts_plan() {
-        if !has_direct_kernel() {
+    fn with_avx512_mintds_kernel_takes_any_width_channels_and_taps_within_rounding() {
+        if !has_avx512_kernel() {
             return;
         }
+        let cases = [
+            G,
+            // Rows of one vector, a vector and a point, two and a part (2 + 1 vectors),
+            // 128 points (4 + 4), 200 points (4 + 4 + 4 + 1, the last one of 8 points).
+            Geometry { w: 16, ..G },
+            Geometry { w: 17, ..G },
+            Geometry { w: 37, ..G },
+            Geometry { w: 128, ..G },
+            Geometry { w: 200, h: 3, ..G },
+            // Output channels: one, not a multiple of 4, a block and a part; 585 taps.
+            Geometry { cout: 1, ..G },
+            Geometry { cout: 6, ..G },
+            Geometry {
+                cout: 68,
+                w: 33,
+                ..G
+            },
+            Geometry {
+                cin: 65,
+                cout: 20,
+                h: 3,
+                ..G
+            },
+            // Kernels, dilations, a stride between rows, asymmetric padding, no padding.
+            Geometry {
+                kernel: [5, 5],
+                before: [2, 2],
+                after: [2, 2],
+                ..G
+            },
+            Geometry {
+                kernel: [1, 3],
+                before: [0, 1],
+                after: [0, 1],
+                ..G
+            },
+            Geometry {
+                kernel: [3, 1],
+                before: [1, 0],
+                after: [1, 0],
+                ..G
+            },
+            Geometry {
+                dilations: [2, 3],
+                before: [2, 3],
+                after: [2, 3],
+                ..G
+            },
+            Geometry {
+                strides: [3, 1],
+                h: 11,
+                ..G
+            },
+            Geometry {
+                before: [2, 0],
+                after: [0, 2],
+                ..G
+            },
+            Geometry {
+                before: [0, 0],
+                after: [0, 0],
+                ..G
+            },
+            // Several images.
+            Geometry {
+                batch: 3,
+                cout: 20,
+                ..G
+            },
+        ];
+        for g in cases {
+            let (tract, mintd) = plans(&g);
+            assert_eq!(
+                count(&mintd, "DirectConvAvx512"),
+                1,
+                "{g:?}: {:?}",
+                op_names(&mintd)
+            );
+            check_values(&g, &tract, &mintd);
+        }
+    }
+
+    #[test]
+    fn a_relu_alone_after_mintds_kernel_runs_inside_it() {
+        if !has_avx512_kernel() {
+            return;
+        }
+        for g in [
+            G,
+            Geometry {
+                cout: 20,
+                w: 37,
+                ..G
+            },
+        ] {
+            let (tract, mintd) = relu_plans(&g, Some(Relu::Alone));
+            assert_eq!(
+                op_names(&mintd),
+                ["Source", "Pad", "DirectConvAvx512"],
+                "{g:?}"
+            );
+            check_relu_values(&g, Some(Relu::Alone), &tract, &mintd);
+            // Where the convolution's output is read elsewhere too, the Relu stays.
+            let (tract, mintd) = relu_plans(&g, Some(Relu::Shared));
+            assert_eq!(
+                count(&mintd, "DirectConvAvx512"),
+                1,
+                "{:?}",
+                op_names(&mintd)
+            );
+            assert_eq!(count(&mintd, "OptMaxByScalar"), 1, "{:?}", op_names(&mintd));
+            check_relu_values(&g, Some(Relu::Shared), &tract, &mintd);
+        }
+    }
+
+    #[test]
+    fn nan_and_infinities_reach_the_same_outputs_as_in_tracts_plan() {
+        if !has_direct_kernel() && !has_avx512_kernel() {
+            return;
+        }
+        for relu in [None, Some(Relu::Alone)] {
+            special_values_match(relu);
+        }
+    }
+
+    fn special_values_match(relu: Option<Relu>) {
         let g = G;
-        let (tract, mintd) = plans(&g);
+        let (tract, mintd) = relu_plans(&g, relu);
         assert_eq!(direct_convs(&mintd), 1);
         let mut values = image(&g, 0.37);
         for (i, v) in [
@@ -470,22 +813,26 @@ mod tests {
         }
         let t = Tensor::from_shape(&[1, g.cin, g.h, g.w], &values).unwrap();
         let (a, b) = (run(&tract, &t), run(&mintd, &t));
-        let kind = |x: f32| (x.is_nan(), x.is_finite(), x.is_sign_positive());
-        let mut special = 0;
         for (i, (x, y)) in a.iter().zip(&b).enumerate() {
             if x.is_finite() {
                 assert!(
                     (x - y).abs() <= 1e-4 * (1. + x.abs()),
-                    "output {i}: {x} against {y}"
+                    "{relu:?}, output {i}: {x} against {y}"
                 );
             } else {
-                special += 1;
-                assert_eq!(kind(*x).0, kind(*y).0, "output {i}: {x} against {y}");
+                assert_eq!(
+                    x.is_nan(),
+                    y.is_nan(),
+                    "{relu:?}, output {i}: {x} against {y}"
+                );
                 if !x.is_nan() {
-                    assert_eq!(x, y, "output {i}");
+                    assert_eq!(x, y, "{relu:?}, output {i}");
                 }
             }
         }
-        assert!(special > 20, "{special} outputs saw the special values");
+        // The convolution's sums that the special values reached (before any Relu).
+        let sums = run(&conv_model(&g).into_optimized().unwrap(), &t);
+        let special = sums.iter().filter(|x| !x.is_finite()).count();
+        assert!(special > 20, "{special} sums saw the special values");
     }
 }
