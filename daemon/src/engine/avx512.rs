@@ -9,13 +9,16 @@
 //! tap), so the FMA units, not the loads, set the pace. A row's last, partial vector is
 //! loaded and stored under a mask.
 //!
+//! [`pool_row`] is the 2×2, stride-2 max pool's row on the same cores.
+//!
 //! The values: each output starts from its bias and adds the taps in the order input
 //! channel, kernel row, kernel column, one rounding per tap, as tract's `DirectSpatialConv`
 //! does; they differ from im2col's product (which adds the bias last) only by rounding.
 
 use std::arch::x86_64::{
     __mmask16, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps,
-    _mm512_max_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+    _mm512_max_ps, _mm512_permutex2var_ps, _mm512_set1_ps, _mm512_setr_epi32, _mm512_setzero_ps,
+    _mm512_storeu_ps,
 };
 use std::sync::Arc;
 
@@ -350,6 +353,52 @@ unsafe fn columns<const OCB: usize, const XT: usize>(s: &Shape, r: &Run, out: &m
                 }
             }
         });
+    }
+}
+
+/// One row of a 2×2, stride-2 max pool: `out[i]` is `f32::MIN.max(r0[2i]).max(r0[2i + 1])
+/// .max(r1[2i]).max(r1[2i + 1])` for each `i` of `out`, sixteen at a time, the same bits as
+/// that scalar fold: with `m = max_ps(x, m)`, a NaN `x` keeps `m` and so does an `x` equal
+/// to it (a zero of either sign), as `m.max(x)` compiles on x86-64.
+///
+/// # Safety
+///
+/// The CPU must have AVX-512F. `r0` and `r1` must hold at least `2 × out.len()` values
+/// (asserted). Loads and stores stay within those lengths: each vector's are masked to the
+/// values that are left (masked AVX-512 loads and stores touch no masked lane).
+#[target_feature(enable = "avx512f")]
+pub unsafe fn pool_row(r0: &[f32], r1: &[f32], out: &mut [f32]) {
+    let n = out.len();
+    assert!(
+        r0.len() >= 2 * n && r1.len() >= 2 * n,
+        "pool rows too short"
+    );
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let min = _mm512_set1_ps(f32::MIN);
+    let prefix = |lanes: usize| -> __mmask16 {
+        match lanes {
+            0 => 0,
+            16.. => !0,
+            l => (1 << l) - 1,
+        }
+    };
+    for i in (0..n).step_by(LANES) {
+        let lanes = (n - i).min(LANES);
+        // The 2 × lanes inputs of each row: the first 16 in `a`, the rest in `b`.
+        let (first, second) = (prefix(2 * lanes), prefix((2 * lanes).saturating_sub(LANES)));
+        let (p0, p1) = (r0.as_ptr().add(2 * i), r1.as_ptr().add(2 * i));
+        let a0 = _mm512_maskz_loadu_ps(first, p0);
+        // With at most 8 outputs left, `second` is empty and `p + 16` may lie past the
+        // row: a wrapping address, never read.
+        let b0 = _mm512_maskz_loadu_ps(second, p0.wrapping_add(LANES));
+        let a1 = _mm512_maskz_loadu_ps(first, p1);
+        let b1 = _mm512_maskz_loadu_ps(second, p1.wrapping_add(LANES));
+        let mut m = _mm512_max_ps(_mm512_permutex2var_ps(a0, even, b0), min);
+        m = _mm512_max_ps(_mm512_permutex2var_ps(a0, odd, b0), m);
+        m = _mm512_max_ps(_mm512_permutex2var_ps(a1, even, b1), m);
+        m = _mm512_max_ps(_mm512_permutex2var_ps(a1, odd, b1), m);
+        _mm512_mask_storeu_ps(out.as_mut_ptr().add(i), prefix(lanes), m);
     }
 }
 
