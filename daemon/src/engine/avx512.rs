@@ -146,8 +146,9 @@ impl DirectConvAvx512 {
     }
 
     /// Convolves `images` (`n` images of the geometry) into `out` (`n` output images).
-    /// Needs AVX-512F: the caller checks [`available`].
+    /// Panics on a CPU without AVX-512F (`eval` checks [`available`] first and errs).
     fn convolve(&self, images: &[f32], out: &mut [f32]) {
+        assert!(available(), "DirectConvAvx512 needs AVX-512F");
         let g = &self.geometry;
         let [ih, iw] = g.input;
         let [oh, ow] = self.output;
@@ -193,8 +194,8 @@ impl DirectConvAvx512 {
                             mask,
                             relu: self.relu,
                         };
-                        // SAFETY: `convolve` runs only where `available()` said AVX-512F is
-                        // there (checked in `eval`), which is all `columns` needs.
+                        // SAFETY: the CPU has AVX-512F (asserted at the top), which is all
+                        // `columns` needs; it checks its slices' bounds itself.
                         unsafe {
                             match step {
                                 4 => columns::<4, 4>(&shape, &run, out_image),

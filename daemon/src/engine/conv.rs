@@ -1,4 +1,4 @@
-//! Direct convolutions for narrow images.
+//! Direct convolutions: for narrow images, and on AVX-512 cores for all.
 //!
 //! tract-core 0.23.9 computes a plain f32 convolution (NCHW, one group) either as an im2col
 //! and a matrix product, or, when an output row has at least 128 points, as a filter along
@@ -9,10 +9,12 @@
 //!
 //! [`substitute_convs`] takes the filter for those images too, with the padding made first:
 //! a padded convolution becomes a constant `Pad` and a valid convolution, whose one zone
-//! gives every output row as a single run of the row's full width. The values are those of
-//! tract's own direct convolution: each output starts from its bias and adds the taps in the
-//! kernel's order, so they differ from im2col's product (which adds the bias last) only by
-//! rounding.
+//! gives every output row as a single run of the row's full width. On x86-64 cores with
+//! AVX-512 the filter is mintd's own ([`super::avx512`]: sixteen output channels per step
+//! instead of four), for any number of channels, and a Relu after it runs inside it. The
+//! values are those of tract's own direct convolution: each output starts from its bias and
+//! adds the taps in the kernel's order, so they differ from im2col's product (which adds the
+//! bias last) only by rounding.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
