@@ -145,8 +145,10 @@ impl DirectConvAvx512 {
         DirectConvAvx512 { relu: true, ..self }
     }
 
-    /// Convolves `images` (`n` images of the geometry) into `out` (`n` output images).
-    /// Panics on a CPU without AVX-512F (`eval` checks [`available`] first and errs).
+    /// Convolves `images` (`n` images of the geometry) into `out` (`n` output images),
+    /// writing every element of `out` and reading none. Panics on a CPU without AVX-512F
+    /// (`eval` checks [`available`] first and errs) or when the lengths are not those of
+    /// the same number of images.
     fn convolve(&self, images: &[f32], out: &mut [f32]) {
         assert!(available(), "DirectConvAvx512 needs AVX-512F");
         let g = &self.geometry;
@@ -154,6 +156,13 @@ impl DirectConvAvx512 {
         let [oh, ow] = self.output;
         let in_image = g.input_channels * ih * iw;
         let out_image = g.output_channels * oh * ow;
+        assert!(
+            images.len().is_multiple_of(in_image)
+                && out.len() == images.len() / in_image * out_image,
+            "{} input values and {} outputs for {g:?}",
+            images.len(),
+            out.len()
+        );
         let block_weights = g.input_channels * g.taps() * LANES;
         let tiles = ow.div_ceil(LANES);
         let rest = ow % LANES;
@@ -434,9 +443,22 @@ impl EvalOp for DirectConvAvx512 {
         );
         ensure!(available(), "DirectConvAvx512 needs AVX-512F");
         let [oh, ow] = self.output;
-        super::f32_into_new(&input, &[n, g.output_channels, oh, ow], |input, out| {
-            self.convolve(input, out)
-        })
+        // The output is written once, by the kernel, not zeroed first: on the convnet the
+        // zeroing pass cost as much as conv1 itself (docs/performance.md).
+        // SAFETY: `Tensor::uninitialized` leaves the values unset, so nothing may read them
+        // before they are written. Nothing does: `convolve` only writes `out`, and writes
+        // every element of it. Each image's output channels are covered by the blocks of 16
+        // (`columns` stores each block's channels below the count), each channel's rows by
+        // `y in 0..oh`, and each row's `ow` points by its vectors, the last one masked to
+        // the row's end (the test `convolve_writes_every_output` checks it on outputs
+        // filled with NaN). f32 has no invalid bit patterns once written.
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&[n, g.output_channels, oh, ow])? };
+        {
+            let input = input.try_as_plain_ram()?;
+            let mut out = output.try_as_plain_ram_mut()?;
+            self.convolve(input.as_slice::<f32>()?, out.as_slice_mut::<f32>()?);
+        }
+        Ok(tvec!(output.into_tvalue()))
     }
 }
 
@@ -465,4 +487,79 @@ impl TypedOp for DirectConvAvx512 {
     }
 
     as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn convolve_writes_every_output() {
+        if !available() {
+            return;
+        }
+        let g = Geometry {
+            input_channels: 3,
+            output_channels: 8,
+            input: [7, 22],
+            kernel: [3, 3],
+            dilations: [1, 1],
+            row_stride: 1,
+        };
+        // Rows of 17, 37 and 200 points (a masked last vector after 1, 2 + 1 and
+        // 4 + 4 + 4 vectors), 1 to 68 output channels, two images, a stride between rows.
+        let cases = [
+            (g, 1),
+            (
+                Geometry {
+                    input: [5, 19],
+                    output_channels: 1,
+                    ..g
+                },
+                2,
+            ),
+            (
+                Geometry {
+                    input: [5, 39],
+                    output_channels: 20,
+                    ..g
+                },
+                1,
+            ),
+            (
+                Geometry {
+                    input: [4, 202],
+                    output_channels: 68,
+                    ..g
+                },
+                2,
+            ),
+            (
+                Geometry {
+                    input: [9, 18],
+                    output_channels: 6,
+                    row_stride: 3,
+                    ..g
+                },
+                1,
+            ),
+        ];
+        for (g, n) in cases {
+            let [oh, ow] = g.output().unwrap();
+            let taps = g.taps() * g.input_channels;
+            let weights: Vec<f32> = (0..g.output_channels * taps)
+                .map(|i| (i % 7) as f32 - 3.)
+                .collect();
+            let bias = vec![0.5; g.output_channels];
+            let op = DirectConvAvx512::new(g, &weights, &bias).unwrap();
+            let images = vec![1f32; n * g.input_channels * g.input[0] * g.input[1]];
+            let mut out = vec![f32::NAN; n * g.output_channels * oh * ow];
+            op.convolve(&images, &mut out);
+            let unwritten = out.iter().filter(|x| x.is_nan()).count();
+            assert_eq!(
+                unwritten, 0,
+                "{g:?}, {n} images: {unwritten} outputs unwritten"
+            );
+        }
+    }
 }
