@@ -1,8 +1,8 @@
 //! Where tract spends its time on a model: each operator's mean time per run, in the plan
 //! mintd runs (`mintd::engine::optimize`: tract's `into_optimized` with mintd's direct
-//! convolutions and own kernels substituted, then `into_runnable`), or with `--stock` in tract's own plan
-//! (`model_for_path`, `into_optimized`, `into_runnable`). Not part of mintd; used for the
-//! figures in docs/performance.md.
+//! convolutions and own kernels substituted, then `into_runnable`), or with `--stock` in
+//! tract's own plan (`model_for_path`, `into_optimized`, `into_runnable`). Not part of mintd;
+//! used for the figures in docs/performance.md.
 //!
 //! ```sh
 //! cargo build --profile profiling --example tract_profile

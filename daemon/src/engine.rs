@@ -257,8 +257,8 @@ impl Engine {
 }
 
 /// The typed model mintd runs for ONNX `bytes`: tract's decluttered model with its
-/// convolutions made direct where that pays ([`substitute_convs`]), optimised by tract, scalar operations
-/// after a convolution's reshape fused into its product
+/// convolutions made direct where that pays ([`substitute_convs`]), optimised by tract,
+/// scalar operations after a convolution's reshape fused into its product
 /// ([`fuse_scalar_ops_across_reshapes`]), and mintd's own kernels substituted
 /// ([`substitute_kernels`]). [`Engine::load_unchecked`] makes its plan from it; benchmarks
 /// and profiles call it to run the very same plan.

@@ -322,7 +322,7 @@ fn avx512_op(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::testing::{op_names, values};
+    use crate::engine::testing::{count, op_names, values};
     use tract_onnx::tract_core::ops::cnn::PoolSpec;
 
     /// One convolution's geometry.
@@ -509,11 +509,6 @@ mod tests {
             .iter()
             .filter(|n| *n == "DirectSpatialConv" || *n == "DirectConvAvx512")
             .count()
-    }
-
-    /// How many of a plan's operators are named `name`.
-    fn count(model: &TypedModel, name: &str) -> usize {
-        op_names(model).iter().filter(|n| *n == name).count()
     }
 
     /// Every output of both plans is within f32 summation's error bound of the exact value:

@@ -100,6 +100,7 @@ fn hoist(model: &TypedModel, id: usize) -> TractResult<Option<TypedModelPatch>> 
 mod tests {
     use super::*;
     use crate::engine::testing;
+    use crate::engine::testing::count;
     use rand::rngs::SmallRng;
     use rand::{Rng, SeedableRng};
     use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
@@ -154,13 +155,6 @@ mod tests {
         };
         model.select_output_outlets(&outputs).unwrap();
         model.into_optimized().unwrap()
-    }
-
-    fn count(model: &TypedModel, name: &str) -> usize {
-        testing::op_names(model)
-            .iter()
-            .filter(|n| *n == name)
-            .count()
     }
 
     fn bits(outputs: &[TValue]) -> Vec<u32> {

@@ -20,6 +20,11 @@ pub fn op_names(model: &TypedModel) -> Vec<String> {
         .collect()
 }
 
+/// How many of a model's operators are named `name`.
+pub fn count(model: &TypedModel, name: &str) -> usize {
+    op_names(model).iter().filter(|n| *n == name).count()
+}
+
 /// An f32 tensor's values, in order.
 pub fn values(t: &Tensor) -> Vec<f32> {
     t.to_plain_array_view::<f32>()
