@@ -11,7 +11,7 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 target_dir="${CARGO_TARGET_DIR:-target}"
 mkdir -p "$target_dir"
 disk() { df -h --output=avail,target "$target_dir" | tail -n 1 | awk '{print $1 " free on " $2}'; }
-printf 'disk: %s (a clean run writes about 4 GB under %s)\n' "$(disk)" "$target_dir" >&2
+printf 'disk: %s (a clean run writes about 3 GB under %s)\n' "$(disk)" "$target_dir" >&2
 
 step "system packages"
 scripts/deps.sh
