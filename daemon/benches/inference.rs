@@ -476,8 +476,8 @@ fn minor_faults(pid: u32) -> u64 {
         .expect("minflt")
 }
 
-/// `mintd_inference_runs_total` from `/metrics`: (inline, blocking) so far.
-fn runs_by_thread(socket: &Path) -> (u64, u64) {
+/// `mintd_inference_runs_total` from `/metrics`: (inline, in place, blocking pool) so far.
+fn runs_by_thread(socket: &Path) -> (u64, u64, u64) {
     let mut stream = UnixStream::connect(socket).expect("metrics");
     stream
         .write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
@@ -491,7 +491,7 @@ fn runs_by_thread(socket: &Path) -> (u64, u64) {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
     };
-    (count("inline"), count("blocking"))
+    (count("inline"), count("in_place"), count("blocking"))
 }
 
 /// A keep-alive HTTP/1.1 connection, Unix or TCP.
@@ -1193,9 +1193,13 @@ fn main() {
             let stolen = steal_ms(1);
             let run = open_loop(target, &request, rate, open_connections, secs);
             let stolen = steal_ms(1).zip(stolen).map(|(b, a)| b - a);
-            let runs = runs_before.map(|(inline, pool)| {
-                let (inline_after, pool_after) = runs_by_thread(&socket);
-                (inline_after - inline, pool_after - pool)
+            let runs = runs_before.map(|(inline, in_place, pool)| {
+                let (inline_after, in_place_after, pool_after) = runs_by_thread(&socket);
+                (
+                    inline_after - inline,
+                    in_place_after - in_place,
+                    pool_after - pool,
+                )
             });
             let (p50, p99) = (
                 percentile(&run.latencies, 0.5),
@@ -1219,10 +1223,11 @@ fn main() {
                     String::new()
                 }
             );
-            if let Some((inline, pool)) = runs {
+            if let Some((inline, in_place, pool)) = runs {
                 println!(
-                    "         80 % run: {inline} runs inline on the async worker, {pool} on the \
-                     blocking pool; time the hypervisor took from CPU 1 (steal): {}",
+                    "         80 % run: {inline} runs inline on the async worker, {in_place} on \
+                     the request's own thread, {pool} on the blocking pool; time the hypervisor \
+                     took from CPU 1 (steal): {}",
                     stolen.map_or("unknown".into(), |ms| format!("{ms} ms"))
                 );
             } else {

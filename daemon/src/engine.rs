@@ -175,6 +175,14 @@ impl Engine {
         &self.inputs
     }
 
+    /// Whether every input's shape is fixed (no free dimension such as a batch): the model's
+    /// run then takes about the same work for every request.
+    pub fn fixed_input_shapes(&self) -> bool {
+        self.inputs
+            .iter()
+            .all(|spec| spec.shape.iter().all(|&d| d >= 0))
+    }
+
     /// Output specs as read from the model.
     pub fn outputs(&self) -> &[TensorSpec] {
         &self.outputs

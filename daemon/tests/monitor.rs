@@ -330,6 +330,11 @@ fn small_models_run_inline_with_the_same_answers_as_on_the_blocking_threads() {
     // Every request of the limit-0 daemon went to the blocking threads. On the other, a run
     // preempted on a busy machine can look slow and send a few of the next ones there too.
     assert_eq!(runs(&blocking), (0.0, 20.0));
+    // Its free batch keeps it off the request's own thread (`in_place`), whatever its speed.
+    assert_eq!(
+        metrics(&blocking)["mintd_inference_runs_total{thread=\"in_place\"}"],
+        0.0
+    );
     let (on_worker, handed_off) = runs(&inline);
     let (on_worker, handed_off) = (on_worker - before.0, handed_off - before.1);
     assert_eq!(on_worker + handed_off, 20.0);
@@ -361,4 +366,111 @@ fn small_models_run_inline_with_the_same_answers_as_on_the_blocking_threads() {
     );
     reply.assert_ok();
     assert_eq!(runs(&inline), (inline_before, blocking_before + 1.0));
+}
+
+/// A fixed-shape model (the convnet) whose typical run fits its deadline many times runs on
+/// the request's own thread once it has left the async workers (`in_place`: no hand-off to the
+/// blocking pool and back), with the very bits of the engine run in this process. With a
+/// deadline it does not fit eight times, it goes to the blocking pool, whose 504 does not wait
+/// for the run.
+#[test]
+fn fixed_shape_models_run_on_the_requests_own_thread_unless_their_deadline_is_near() {
+    let ws = Workspace::new();
+    let model = support::fixture("convnet.onnx");
+    let fits = ws
+        .bundle("c", "1", 1)
+        .model(model.clone())
+        .golden("auto:1")
+        .create();
+    // Measured at install by its golden case; 1 ms is below any run of the convnet.
+    let tight = ws
+        .bundle("t", "1", 1)
+        .model(model.clone())
+        .golden("auto:1")
+        .arg("--timeout-ms")
+        .arg("1")
+        .create();
+    let mut config = ws.config();
+    config
+        .set("api", "inline_max_us", "0")
+        .set("api", "request_timeout_ms", "600000")
+        .set("update", "health_timeout_ms", "600000")
+        .set("monitor", "rehash_interval_secs", "0");
+    let d = config.start();
+    install_committed(&d, &fits);
+    let runs = |d: &Daemon| {
+        let m = metrics(d);
+        ["inline", "in_place", "blocking"]
+            .map(|t| m[&format!("mintd_inference_runs_total{{thread=\"{t}\"}}")])
+    };
+
+    let values: Vec<f32> = (0..3 * 64 * 64)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    let header = json!({
+        "inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 64, 64],
+                    "parameters": {"binary_data_size": values.len() * 4}}],
+        "parameters": {"binary_data_output": true}
+    })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    let post = |model: &str| {
+        http::unix(
+            &d.socket,
+            "POST",
+            &format!("/v2/models/{model}/infer"),
+            &[("Inference-Header-Content-Length", header.len().to_string())],
+            &body,
+        )
+    };
+
+    let engine = mintd::engine::Engine::load_unchecked(&fs::read(&model).unwrap()).unwrap();
+    let input = mintd::tensor::V2Tensor {
+        name: "image".into(),
+        datatype: "FP32".into(),
+        shape: vec![1, 3, 64, 64],
+        data: values.iter().map(|&v| json!(v)).collect(),
+    };
+    let expected: Vec<u32> = engine.run(&[input]).unwrap()[0]
+        .data
+        .iter()
+        .map(|v| (v.as_f64().unwrap() as f32).to_bits())
+        .collect();
+    for _ in 0..3 {
+        let reply = post("c");
+        reply.assert_ok();
+        let json_length: usize = reply
+            .header("inference-header-content-length")
+            .expect("a binary answer")
+            .parse()
+            .unwrap();
+        let got: Vec<u32> = reply.body[json_length..]
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(got, expected, "the answer's bits are the engine's");
+    }
+    assert_eq!(runs(&d), [0.0, 3.0, 0.0]);
+
+    install_committed(&d, &tight);
+    let start = Instant::now();
+    let reply = post("t");
+    assert_eq!(
+        reply.status,
+        504,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert!(
+        String::from_utf8_lossy(&reply.body).contains("deadline of 1 ms passed"),
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(
+        runs(&d),
+        [0.0, 3.0, 1.0],
+        "the tight deadline's run went to the pool"
+    );
+    assert!(start.elapsed() < Duration::from_secs(60));
 }

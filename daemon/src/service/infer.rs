@@ -15,15 +15,22 @@
 //!
 //! The order of the guard ([`super::guard`]): model served (404) → rate limit (429) → body
 //! size (413) → a slot or a place in the queue (503), within the deadline (504) → on the
-//! blocking pool: parse (400), inputs against the signed manifest (400), engine (500, a panic
-//! included), output sanity (500). Engine failures, non-finite outputs and deadlines passed
-//! while the engine ran count as errors of the model's trial; refusals do not.
+//! engine's thread: parse (400), inputs against the signed manifest (400), engine (500, a
+//! panic included), output sanity (500). Engine failures, non-finite outputs and deadlines
+//! passed while the engine ran count as errors of the model's trial; refusals do not.
+//!
+//! The engine's thread ([`RunThread`]): the async worker that read the request for a model
+//! within `api.inline_max_us`; the request's own thread, after it left the async workers, for
+//! a fixed-shape model whose typical run fits the deadline [`IN_PLACE_RUNS`] times; the
+//! blocking pool otherwise (a model not measured yet, a free batch, a slow model).
 //!
 //! The body must arrive within `api.request_timeout_ms` (408). The deadline, the smaller of
 //! `api.request_timeout_ms` and the manifest's `guard.timeout_ms`, counts from the whole body
 //! having arrived and covers the wait for a slot, parsing, the checks and the engine. The
-//! engine cannot be interrupted: after a 504 it finishes on its blocking thread, keeping its
-//! slot until then, so timed-out requests never pile up beyond `api.max_concurrency`.
+//! engine cannot be interrupted: on the blocking pool, after a 504 it finishes on its thread,
+//! keeping its slot until then, so timed-out requests never pile up beyond
+//! `api.max_concurrency`; on the request's own thread, a run that overran is answered 504
+//! when it ends, and its time sends the model's next requests to the pool.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,7 +48,7 @@ use serde_json::Value;
 use super::api::AppState;
 use super::drift::{DriftMonitor, Side};
 use super::guard::{self, Reason, Refusal};
-use super::metrics::Served;
+use super::metrics::{RunThread, Served};
 use super::peer::Caller;
 use super::registry::LoadedModel;
 use crate::tensor::{Moments, TensorError, TensorValues};
@@ -740,33 +747,41 @@ async fn infer(
     let deadline = tokio::time::Instant::now() + budget;
     let permit = state.guards.admission.admit(deadline, budget).await?;
     let json_limit = MAX_JSON_BYTES.min(usize::try_from(api.max_body_bytes).unwrap_or(usize::MAX));
-    if runs_inline(&model, api.inline_max_us, body.len()) {
-        // A small model on a small body: running it here costs less than the two thread
-        // hand-offs of the blocking pool. The slot is held for the run like on the pool.
+    let thread = if runs_inline(&model, api.inline_max_us, body.len()) {
+        RunThread::Inline
+    } else if runs_in_place(&model, budget) {
+        RunThread::InPlace
+    } else {
+        RunThread::Blocking
+    };
+    state.metrics.count_run(thread);
+    if thread != RunThread::Blocking {
+        // A small model on a small body runs here: that costs less than the two thread
+        // hand-offs of the blocking pool. A larger model well within its deadline runs on this
+        // thread too, after it leaves the async workers (tokio's `block_in_place` hands the
+        // worker's queue to another thread): the request then has no hand-off to the pool and
+        // back on its way. The slot is held for the run like on the pool.
         let _permit = permit;
-        state.metrics.count_run(true);
-        let started = AtomicBool::new(false);
-        let outcome = guard::contain_panic(|| {
-            let request = parse_request(body, header_length.as_deref(), json_limit)?;
-            run(
+        let here = || {
+            run_here(
                 &model,
                 name,
-                request,
+                body,
+                header_length.as_deref(),
+                json_limit,
                 deadline.into_std(),
                 budget,
-                &started,
                 &state.drift,
             )
-        })
-        .map_err(|panic| {
-            Refusal::new(
-                Reason::Engine,
-                format!("the inference task panicked: {panic}"),
-            )
-        })?;
+        };
+        let outcome = if thread == RunThread::Inline {
+            here()
+        } else {
+            tokio::task::block_in_place(here)
+        }?;
         // Nothing can interrupt a run on this thread: an answer that comes late is refused
-        // as it would be from the pool, and the run's time already made the next request of
-        // this model go to the pool.
+        // as it would be from the pool, and the run's time already raised the model's typical
+        // run, which sends its next requests to the pool when it nears the deadline.
         return match outcome {
             Ok(_) if tokio::time::Instant::now() > deadline => Err(deadline_refusal(
                 Reason::DeadlineRunning,
@@ -776,7 +791,6 @@ async fn infer(
             other => other,
         };
     }
-    state.metrics.count_run(false);
     let started = Arc::new(AtomicBool::new(false));
     let task = {
         let model = model.clone();
@@ -806,6 +820,50 @@ async fn infer(
             Err(deadline_refusal(reason, when, budget))
         }
     }
+}
+
+/// Parses and runs a request on the calling thread, a panic contained: the outer `Err` is the
+/// panic's refusal, the inner result the run's.
+#[allow(clippy::too_many_arguments)]
+fn run_here(
+    model: &LoadedModel,
+    name: &str,
+    body: Bytes,
+    header_length: Option<&str>,
+    json_limit: usize,
+    deadline: std::time::Instant,
+    budget: Duration,
+    drift: &DriftMonitor,
+) -> Result<Result<Encoded, Refusal>, Refusal> {
+    let started = AtomicBool::new(false);
+    guard::contain_panic(|| {
+        let request = parse_request(body, header_length, json_limit)?;
+        run(model, name, request, deadline, budget, &started, drift)
+    })
+    .map_err(|panic| {
+        Refusal::new(
+            Reason::Engine,
+            format!("the inference task panicked: {panic}"),
+        )
+    })
+}
+
+/// How many typical runs must fit in a request's deadline for the model to run on the
+/// request's own thread ([`runs_in_place`]) rather than on the blocking pool, where a run
+/// that overruns is answered 504 at the deadline itself.
+const IN_PLACE_RUNS: u32 = 8;
+
+/// Whether a request that does not run inline leaves the async workers and runs on its own
+/// thread: the runtime has several workers (`block_in_place` needs them), the model's inputs
+/// have fixed shapes (a free batch would let one request take many typical runs), and its
+/// typical run is known and fits [`IN_PLACE_RUNS`] times in the deadline.
+fn runs_in_place(model: &LoadedModel, budget: Duration) -> bool {
+    tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+        && model.engine.fixed_input_shapes()
+        && model
+            .engine
+            .typical_run()
+            .is_some_and(|t| t.saturating_mul(IN_PLACE_RUNS) <= budget)
 }
 
 /// Largest body parsed and run on the async worker: parsing it takes microseconds.

@@ -135,10 +135,35 @@ pub struct Metrics {
     /// Latency bucket totals at the previous [`Metrics::snapshot`], for per-interval
     /// percentiles.
     last_buckets: Mutex<Vec<u64>>,
-    /// Model runs on the async worker that read the request (`api.inline_max_us`).
-    inline_runs: AtomicU64,
-    /// Model runs handed to the blocking threads.
-    blocking_runs: AtomicU64,
+    /// Model runs by [`RunThread`], in its order.
+    runs: [AtomicU64; 3],
+}
+
+/// The thread a model's run took ([`Metrics::count_run`], label `thread` of
+/// `mintd_inference_runs_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunThread {
+    /// The async worker that read the request (models within `api.inline_max_us`).
+    Inline,
+    /// The request's own thread after it left the async workers (tokio's `block_in_place`):
+    /// fixed-shape models whose typical run fits the deadline many times.
+    InPlace,
+    /// Handed to the blocking pool, where the deadline answers for a run that does not end.
+    Blocking,
+}
+
+impl RunThread {
+    /// Every thread, in the order of [`Metrics`]' counters.
+    pub const ALL: [RunThread; 3] = [RunThread::Inline, RunThread::InPlace, RunThread::Blocking];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            RunThread::Inline => "inline",
+            RunThread::InPlace => "in_place",
+            RunThread::Blocking => "blocking",
+        }
+    }
 }
 
 /// Totals over every model for telemetry ([`Metrics::snapshot`]).
@@ -170,15 +195,14 @@ pub struct Served<'a> {
 }
 
 impl Metrics {
-    /// Counts one request that reached the engine's thread: inline on the async worker, or
-    /// handed to the blocking threads.
-    pub fn count_run(&self, inline: bool) {
-        let counter = if inline {
-            &self.inline_runs
-        } else {
-            &self.blocking_runs
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// Counts one request that reached the engine's thread, by that thread.
+    pub fn count_run(&self, thread: RunThread) {
+        self.runs[thread as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Runs counted so far on `thread`.
+    pub fn runs(&self, thread: RunThread) -> u64 {
+        self.runs[thread as usize].load(Ordering::Relaxed)
     }
 
     /// Counts one request: its latency if it succeeded, its reason if not.
@@ -480,16 +504,15 @@ pub fn render(state: &AppState) -> String {
         "mintd_inference_runs_total",
         "counter",
         "Requests handed to a model, by thread: inline on the async worker that read the \
-         request (models within api.inline_max_us), or on the blocking threads.",
+         request (models within api.inline_max_us), in_place on the request's own thread \
+         after it left the async workers (fixed-shape models well within their deadline), \
+         or on the blocking pool.",
     );
-    for (thread, counter) in [
-        ("inline", &state.metrics.inline_runs),
-        ("blocking", &state.metrics.blocking_runs),
-    ] {
+    for thread in RunThread::ALL {
         x.sample(
             "mintd_inference_runs_total",
-            &[("thread", thread)],
-            counter.load(Ordering::Relaxed) as f64,
+            &[("thread", thread.label())],
+            state.metrics.runs(thread) as f64,
         );
     }
     x.family(
