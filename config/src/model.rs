@@ -221,8 +221,16 @@ pub struct Api {
     pub request_timeout_ms: u64,
     /// Models whose typical run takes at most this many microseconds run on the thread that
     /// read the request, without the hand-off to a blocking thread and back (0 = never).
-    /// Slower models, and any model right after a slower run, go to the blocking threads.
+    /// Slower models leave the async workers: fixed-shape ones well within their deadline run
+    /// on the request's own thread, others (and any model right after a slower run that brought
+    /// it near its deadline) on the blocking pool.
     pub inline_max_us: u64,
+    /// A model slower than `inline_max_us` whose inputs have fixed shapes, and whose typical
+    /// run fits this many times in the request's deadline, runs on the request's own thread
+    /// after it leaves the async workers: no hand-off to the blocking pool and back. On that
+    /// thread a run that overran is answered 504 when it ends, where the pool answers at the
+    /// deadline itself (0 = always the pool).
+    pub in_place_runs: u32,
 }
 
 impl Default for Api {
@@ -237,6 +245,7 @@ impl Default for Api {
             rate_limit_per_sec: 200,
             request_timeout_ms: 2_000,
             inline_max_us: 200,
+            in_place_runs: 8,
         }
     }
 }

@@ -291,6 +291,13 @@ fn api(api: &Api, out: &mut Vec<Problem>) {
     );
     // An inline run holds one of the few async workers: a millisecond at most.
     at_most("api.inline_max_us", api.inline_max_us, 1_000, "1 ms", out);
+    at_most(
+        "api.in_place_runs",
+        u64::from(api.in_place_runs),
+        1_000,
+        "",
+        out,
+    );
 }
 
 fn mqtt(mqtt: &Mqtt, out: &mut Vec<Problem>) {

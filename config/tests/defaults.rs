@@ -53,6 +53,7 @@ fn defaults_are_the_documented_values() {
     assert_eq!(c.api.rate_limit_per_sec, 200);
     assert_eq!(c.api.request_timeout_ms, 2000);
     assert_eq!(c.api.inline_max_us, 200);
+    assert_eq!(c.api.in_place_runs, 8);
     assert!(!c.mqtt.enabled);
     assert_eq!(c.mqtt.host, "127.0.0.1");
     assert_eq!(c.mqtt.port, 1883);
@@ -139,7 +140,7 @@ fn example_file_lists_every_key() {
     let all = every_key();
     assert_eq!(
         all.len(),
-        52,
+        53,
         "a new key? document it in mintd.toml: {all:?}"
     );
     let missing: Vec<_> = all.difference(&documented).collect();

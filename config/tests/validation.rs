@@ -429,7 +429,7 @@ fn api_limits() {
     assert_eq!(
         problems(
             "[api]\nmax_body_bytes = 1073741825\nmax_concurrency = 1025\nqueue_depth = 65537\n\
-             request_timeout_ms = 600001\ninline_max_us = 1001\n"
+             request_timeout_ms = 600001\ninline_max_us = 1001\nin_place_runs = 1001\n"
         ),
         vec![
             "api.max_body_bytes = 1073741825 exceeds 1073741824 (1 GiB)",
@@ -437,6 +437,7 @@ fn api_limits() {
             "api.queue_depth = 65537 exceeds 65536",
             "api.request_timeout_ms = 600001 exceeds 600000 (10 minutes)",
             "api.inline_max_us = 1001 exceeds 1000 (1 ms)",
+            "api.in_place_runs = 1001 exceeds 1000",
         ]
     );
 }

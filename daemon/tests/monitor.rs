@@ -371,10 +371,10 @@ fn small_models_run_inline_with_the_same_answers_as_on_the_blocking_threads() {
 /// A fixed-shape model (the convnet) whose typical run fits its deadline many times runs on
 /// the request's own thread once it has left the async workers (`in_place`: no hand-off to the
 /// blocking pool and back), with the very bits of the engine run in this process. With a
-/// deadline it does not fit eight times, it goes to the blocking pool, whose 504 does not wait
-/// for the run.
+/// deadline it does not fit eight times (`api.in_place_runs`), or with `in_place_runs = 0`, it
+/// goes to the blocking pool, whose 504 does not wait for the run.
 #[test]
-fn fixed_shape_models_run_on_the_requests_own_thread_unless_their_deadline_is_near() {
+fn fixed_shape_models_run_on_the_requests_own_thread_unless_their_deadline_is_near_or_off() {
     let ws = Workspace::new();
     let model = support::fixture("convnet.onnx");
     let fits = ws
@@ -473,4 +473,38 @@ fn fixed_shape_models_run_on_the_requests_own_thread_unless_their_deadline_is_ne
         "the tight deadline's run went to the pool"
     );
     assert!(start.elapsed() < Duration::from_secs(60));
+
+    // `api.in_place_runs = 0`: every run of the same model on the pool, with the same bits.
+    let mut config = ws.config();
+    config.path = ws.path("mintd-pool.toml");
+    config.log = ws.path("mintd-pool.log");
+    config.socket = ws.path("pool.sock");
+    config.state_dir = ws.path("state-pool");
+    config
+        .set("api", "inline_max_us", "0")
+        .set("api", "in_place_runs", "0")
+        .set("api", "request_timeout_ms", "600000")
+        .set("update", "health_timeout_ms", "600000")
+        .set("monitor", "rehash_interval_secs", "0");
+    let pool = config.start();
+    install_committed(&pool, &fits);
+    let reply = http::unix(
+        &pool.socket,
+        "POST",
+        "/v2/models/c/infer",
+        &[("Inference-Header-Content-Length", header.len().to_string())],
+        &body,
+    );
+    reply.assert_ok();
+    let json_length: usize = reply
+        .header("inference-header-content-length")
+        .expect("a binary answer")
+        .parse()
+        .unwrap();
+    let got: Vec<u32> = reply.body[json_length..]
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(got, expected, "the pool's answer has the engine's bits too");
+    assert_eq!(runs(&pool), [0.0, 0.0, 1.0]);
 }

@@ -21,7 +21,7 @@
 //!
 //! The engine's thread ([`RunThread`]): the async worker that read the request for a model
 //! within `api.inline_max_us`; the request's own thread, after it left the async workers, for
-//! a fixed-shape model whose typical run fits the deadline [`IN_PLACE_RUNS`] times; the
+//! a fixed-shape model whose typical run fits the deadline `api.in_place_runs` times; the
 //! blocking pool otherwise (a model not measured yet, a free batch, a slow model).
 //!
 //! The body must arrive within `api.request_timeout_ms` (408). The deadline, the smaller of
@@ -749,7 +749,7 @@ async fn infer(
     let json_limit = MAX_JSON_BYTES.min(usize::try_from(api.max_body_bytes).unwrap_or(usize::MAX));
     let thread = if runs_inline(&model, api.inline_max_us, body.len()) {
         RunThread::Inline
-    } else if runs_in_place(&model, budget) {
+    } else if runs_in_place(&model, api.in_place_runs, budget) {
         RunThread::InPlace
     } else {
         RunThread::Blocking
@@ -848,22 +848,21 @@ fn run_here(
     })
 }
 
-/// How many typical runs must fit in a request's deadline for the model to run on the
-/// request's own thread ([`runs_in_place`]) rather than on the blocking pool, where a run
-/// that overruns is answered 504 at the deadline itself.
-const IN_PLACE_RUNS: u32 = 8;
-
 /// Whether a request that does not run inline leaves the async workers and runs on its own
-/// thread: the runtime has several workers (`block_in_place` needs them), the model's inputs
-/// have fixed shapes (a free batch would let one request take many typical runs), and its
-/// typical run is known and fits [`IN_PLACE_RUNS`] times in the deadline.
-fn runs_in_place(model: &LoadedModel, budget: Duration) -> bool {
-    tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+/// thread: `runs` (`api.in_place_runs`) is not 0, the runtime has several workers
+/// (`block_in_place` needs them), the model's inputs have fixed shapes (a free batch would let
+/// one request take many typical runs), and its typical run is known and fits `runs` times in
+/// the deadline. Otherwise the blocking pool, where a run that overruns is answered 504 at the
+/// deadline itself.
+fn runs_in_place(model: &LoadedModel, runs: u32, budget: Duration) -> bool {
+    runs > 0
+        && tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread
         && model.engine.fixed_input_shapes()
         && model
             .engine
             .typical_run()
-            .is_some_and(|t| t.saturating_mul(IN_PLACE_RUNS) <= budget)
+            .is_some_and(|t| t.saturating_mul(runs) <= budget)
 }
 
 /// Largest body parsed and run on the async worker: parsing it takes microseconds.
