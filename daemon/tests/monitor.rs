@@ -85,6 +85,22 @@ fn install_committed(d: &Daemon, bundle: &Path) -> String {
     digest(&reply["model"])
 }
 
+/// A daemon whose files are its own (`tag` in their names), so that several run side by side,
+/// with `settings` (section, key, value) and `bundle` installed and committed.
+fn own_daemon(ws: &Workspace, tag: &str, settings: &[(&str, &str, &str)], bundle: &Path) -> Daemon {
+    let mut config = ws.config();
+    config.path = ws.path(&format!("mintd-{tag}.toml"));
+    config.log = ws.path(&format!("mintd-{tag}.log"));
+    config.socket = ws.path(&format!("{tag}.sock"));
+    config.state_dir = ws.path(&format!("state-{tag}"));
+    for (section, key, value) in settings {
+        config.set(section, key, value);
+    }
+    let d = config.start();
+    install_committed(&d, bundle);
+    d
+}
+
 fn wait_for_event(d: &Daemon, kind: &str, deadline: Duration) -> Vec<Value> {
     let until = Instant::now() + deadline;
     loop {
@@ -279,20 +295,15 @@ fn small_models_run_inline_with_the_same_answers_as_on_the_blocking_threads() {
         .arg("4096")
         .create();
     let start = |inline_max_us: &str| {
-        let mut config = ws.config();
-        // Two daemons side by side: their own files.
-        config.path = ws.path(&format!("mintd-{inline_max_us}.toml"));
-        config.log = ws.path(&format!("mintd-{inline_max_us}.log"));
-        config.socket = ws.path(&format!("{inline_max_us}.sock"));
-        config.state_dir = ws.path(&format!("state-{inline_max_us}"));
-        config.set("api", "inline_max_us", inline_max_us).set(
-            "monitor",
-            "rehash_interval_secs",
-            "0",
-        );
-        let d = config.start();
-        install_committed(&d, &bundle);
-        d
+        own_daemon(
+            &ws,
+            inline_max_us,
+            &[
+                ("api", "inline_max_us", inline_max_us),
+                ("monitor", "rehash_interval_secs", "0"),
+            ],
+            &bundle,
+        )
     };
     let inline = start("1000");
     let blocking = start("0");
@@ -377,12 +388,16 @@ fn small_models_run_inline_with_the_same_answers_as_on_the_blocking_threads() {
 fn fixed_shape_models_run_on_the_requests_own_thread_unless_their_deadline_is_near_or_off() {
     let ws = Workspace::new();
     let model = support::fixture("convnet.onnx");
+    // A deadline of 10 minutes (the daemon's `request_timeout_ms` below too): eight runs of a
+    // debug build on a loaded machine fit it. Measured at install by its golden case.
     let fits = ws
         .bundle("c", "1", 1)
         .model(model.clone())
         .golden("auto:1")
+        .arg("--timeout-ms")
+        .arg("600000")
         .create();
-    // Measured at install by its golden case; 1 ms is below any run of the convnet.
+    // 1 ms is below any run of the convnet.
     let tight = ws
         .bundle("t", "1", 1)
         .model(model.clone())
@@ -390,14 +405,20 @@ fn fixed_shape_models_run_on_the_requests_own_thread_unless_their_deadline_is_ne
         .arg("--timeout-ms")
         .arg("1")
         .create();
-    let mut config = ws.config();
-    config
-        .set("api", "inline_max_us", "0")
-        .set("api", "request_timeout_ms", "600000")
-        .set("update", "health_timeout_ms", "600000")
-        .set("monitor", "rehash_interval_secs", "0");
-    let d = config.start();
-    install_committed(&d, &fits);
+    let start = |in_place_runs: &str| {
+        own_daemon(
+            &ws,
+            in_place_runs,
+            &[
+                ("api", "inline_max_us", "0"),
+                ("api", "in_place_runs", in_place_runs),
+                ("api", "request_timeout_ms", "600000"),
+                ("update", "health_timeout_ms", "600000"),
+                ("monitor", "rehash_interval_secs", "0"),
+            ],
+            &fits,
+        )
+    };
     let runs = |d: &Daemon| {
         let m = metrics(d);
         ["inline", "in_place", "blocking"]
@@ -415,7 +436,7 @@ fn fixed_shape_models_run_on_the_requests_own_thread_unless_their_deadline_is_ne
     .to_string();
     let mut body = header.clone().into_bytes();
     body.extend(values.iter().flat_map(|v| v.to_le_bytes()));
-    let post = |model: &str| {
+    let post = |d: &Daemon, model: &str| {
         http::unix(
             &d.socket,
             "POST",
@@ -423,6 +444,20 @@ fn fixed_shape_models_run_on_the_requests_own_thread_unless_their_deadline_is_ne
             &[("Inference-Header-Content-Length", header.len().to_string())],
             &body,
         )
+    };
+    // The answer's output values as bits.
+    let answer = |d: &Daemon| -> Vec<u32> {
+        let reply = post(d, "c");
+        reply.assert_ok();
+        let json_length: usize = reply
+            .header("inference-header-content-length")
+            .expect("a binary answer")
+            .parse()
+            .unwrap();
+        reply.body[json_length..]
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
     };
 
     let engine = mintd::engine::Engine::load_unchecked(&fs::read(&model).unwrap()).unwrap();
@@ -437,74 +472,32 @@ fn fixed_shape_models_run_on_the_requests_own_thread_unless_their_deadline_is_ne
         .iter()
         .map(|v| (v.as_f64().unwrap() as f32).to_bits())
         .collect();
+
+    let d = start("8");
     for _ in 0..3 {
-        let reply = post("c");
-        reply.assert_ok();
-        let json_length: usize = reply
-            .header("inference-header-content-length")
-            .expect("a binary answer")
-            .parse()
-            .unwrap();
-        let got: Vec<u32> = reply.body[json_length..]
-            .chunks_exact(4)
-            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
-        assert_eq!(got, expected, "the answer's bits are the engine's");
+        assert_eq!(answer(&d), expected, "the answer's bits are the engine's");
     }
     assert_eq!(runs(&d), [0.0, 3.0, 0.0]);
 
     install_committed(&d, &tight);
-    let start = Instant::now();
-    let reply = post("t");
-    assert_eq!(
-        reply.status,
-        504,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    assert!(
-        String::from_utf8_lossy(&reply.body).contains("deadline of 1 ms passed"),
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    let started = Instant::now();
+    let reply = post(&d, "t");
+    let text = String::from_utf8_lossy(&reply.body).into_owned();
+    assert_eq!(reply.status, 504, "{text}");
+    assert!(text.contains("deadline of 1 ms passed"), "{text}");
     assert_eq!(
         runs(&d),
         [0.0, 3.0, 1.0],
         "the tight deadline's run went to the pool"
     );
-    assert!(start.elapsed() < Duration::from_secs(60));
+    assert!(started.elapsed() < Duration::from_secs(60));
 
-    // `api.in_place_runs = 0`: every run of the same model on the pool, with the same bits.
-    let mut config = ws.config();
-    config.path = ws.path("mintd-pool.toml");
-    config.log = ws.path("mintd-pool.log");
-    config.socket = ws.path("pool.sock");
-    config.state_dir = ws.path("state-pool");
-    config
-        .set("api", "inline_max_us", "0")
-        .set("api", "in_place_runs", "0")
-        .set("api", "request_timeout_ms", "600000")
-        .set("update", "health_timeout_ms", "600000")
-        .set("monitor", "rehash_interval_secs", "0");
-    let pool = config.start();
-    install_committed(&pool, &fits);
-    let reply = http::unix(
-        &pool.socket,
-        "POST",
-        "/v2/models/c/infer",
-        &[("Inference-Header-Content-Length", header.len().to_string())],
-        &body,
+    // `api.in_place_runs = 0`: the same model on the pool, with the same bits.
+    let pool = start("0");
+    assert_eq!(
+        answer(&pool),
+        expected,
+        "the pool's answer has the engine's bits"
     );
-    reply.assert_ok();
-    let json_length: usize = reply
-        .header("inference-header-content-length")
-        .expect("a binary answer")
-        .parse()
-        .unwrap();
-    let got: Vec<u32> = reply.body[json_length..]
-        .chunks_exact(4)
-        .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
-    assert_eq!(got, expected, "the pool's answer has the engine's bits too");
     assert_eq!(runs(&pool), [0.0, 0.0, 1.0]);
 }
