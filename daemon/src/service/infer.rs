@@ -762,17 +762,27 @@ async fn infer(
         // worker's queue to another thread): the request then has no hand-off to the pool and
         // back on its way. The slot is held for the run like on the pool.
         let _permit = permit;
+        // The parse and the run, a panic contained: the outer `Err` is the panic's refusal.
         let here = || {
-            run_here(
-                &model,
-                name,
-                body,
-                header_length.as_deref(),
-                json_limit,
-                deadline.into_std(),
-                budget,
-                &state.drift,
-            )
+            let started = AtomicBool::new(false);
+            guard::contain_panic(|| {
+                let request = parse_request(body, header_length.as_deref(), json_limit)?;
+                run(
+                    &model,
+                    name,
+                    request,
+                    deadline.into_std(),
+                    budget,
+                    &started,
+                    &state.drift,
+                )
+            })
+            .map_err(|panic| {
+                Refusal::new(
+                    Reason::Engine,
+                    format!("the inference task panicked: {panic}"),
+                )
+            })
         };
         let outcome = if thread == RunThread::Inline {
             here()
@@ -820,32 +830,6 @@ async fn infer(
             Err(deadline_refusal(reason, when, budget))
         }
     }
-}
-
-/// Parses and runs a request on the calling thread, a panic contained: the outer `Err` is the
-/// panic's refusal, the inner result the run's.
-#[allow(clippy::too_many_arguments)]
-fn run_here(
-    model: &LoadedModel,
-    name: &str,
-    body: Bytes,
-    header_length: Option<&str>,
-    json_limit: usize,
-    deadline: std::time::Instant,
-    budget: Duration,
-    drift: &DriftMonitor,
-) -> Result<Result<Encoded, Refusal>, Refusal> {
-    let started = AtomicBool::new(false);
-    guard::contain_panic(|| {
-        let request = parse_request(body, header_length, json_limit)?;
-        run(model, name, request, deadline, budget, &started, drift)
-    })
-    .map_err(|panic| {
-        Refusal::new(
-            Reason::Engine,
-            format!("the inference task panicked: {panic}"),
-        )
-    })
 }
 
 /// Whether a request that does not run inline leaves the async workers and runs on its own
