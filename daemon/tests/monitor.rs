@@ -388,23 +388,20 @@ fn small_models_run_inline_with_the_same_answers_as_on_the_blocking_threads() {
 fn fixed_shape_models_run_on_the_requests_own_thread_unless_their_deadline_is_near_or_off() {
     let ws = Workspace::new();
     let model = support::fixture("convnet.onnx");
-    // A deadline of 10 minutes (the daemon's `request_timeout_ms` below too): eight runs of a
-    // debug build on a loaded machine fit it. Measured at install by its golden case.
-    let fits = ws
-        .bundle("c", "1", 1)
-        .model(model.clone())
-        .golden("auto:1")
-        .arg("--timeout-ms")
-        .arg("600000")
-        .create();
-    // 1 ms is below any run of the convnet.
-    let tight = ws
-        .bundle("t", "1", 1)
-        .model(model.clone())
-        .golden("auto:1")
-        .arg("--timeout-ms")
-        .arg("1")
-        .create();
+    // The convnet as model `name` with the manifest's deadline; its golden case measures it at
+    // install.
+    let convnet = |name: &str, timeout_ms: &str| {
+        ws.bundle(name, "1", 1)
+            .model(model.clone())
+            .golden("auto:1")
+            .arg("--timeout-ms")
+            .arg(timeout_ms)
+            .create()
+    };
+    // 10 minutes (the daemon's `request_timeout_ms` below too): eight runs of a debug build on
+    // a loaded machine fit it. 1 ms is below any run of the convnet.
+    let fits = convnet("c", "600000");
+    let tight = convnet("t", "1");
     let start = |in_place_runs: &str| {
         own_daemon(
             &ws,
