@@ -5,7 +5,11 @@
 //! the device's outbox must be empty.
 //!
 //! The subscriber keeps a persistent session on a broker with persistence saved after every
-//! change, so that the broker queues for it while it reconnects after a restart.
+//! change, so that the broker queues for it while it reconnects after a restart. The broker
+//! is killed only once the subscriber is connected again: mosquitto acks a QoS 1 message
+//! before it saves it, and a kill in between while the subscriber is away loses, at the
+//! broker, what it had queued for it (mintd removes a message from its outbox only on the
+//! broker's ack; CI saw such a loss once under load, session 12).
 //! `MINT_OUTAGE_EVENTS` sets the number of events (default 1200), `MINT_OUTAGE_SEED` the seed
 //! of the outage timings.
 
@@ -65,6 +69,9 @@ fn flapping_broker_loses_no_event() {
     let mut flaps = 0;
     while !done.load(Ordering::Acquire) || flaps < 6 {
         std::thread::sleep(Duration::from_millis(rng.gen_range(100..700)));
+        // Only while the subscriber is back: mosquitto acks a message before it saves it, so a
+        // kill while the subscriber is away could lose at the broker what it had queued for it.
+        watcher.wait_connected(Duration::from_secs(10));
         broker.kill();
         flaps += 1;
         std::thread::sleep(Duration::from_millis(rng.gen_range(100..1500)));

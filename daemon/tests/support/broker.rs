@@ -12,6 +12,7 @@ use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -273,6 +274,8 @@ impl Seen {
 /// with persistence queues for it while it reconnects after a restart.
 pub struct Watcher {
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// Connected, with the subscription in place (its session's or made again).
+    connected: Arc<AtomicBool>,
     client: Client,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -313,9 +316,11 @@ impl Watcher {
             .subscribe(filter, QoS::AtLeastOnce)
             .expect("subscribe");
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let connected = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = {
             let seen = seen.clone();
+            let connected = connected.clone();
             let client = client.clone();
             let filter = filter.to_owned();
             std::thread::spawn(move || {
@@ -330,6 +335,7 @@ impl Watcher {
                             });
                         }
                         Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                            connected.store(true, Ordering::Release);
                             if let Some(r) = ready.take() {
                                 let _ = r.send(());
                             }
@@ -338,11 +344,16 @@ impl Watcher {
                             // A broker that lost our session needs the subscription again.
                             if !c.session_present && ready.is_none() {
                                 let _ = client.try_subscribe(filter.clone(), QoS::AtLeastOnce);
+                            } else if c.session_present {
+                                connected.store(true, Ordering::Release);
                             }
                         }
                         Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
                         Ok(_) => {}
-                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                        Err(_) => {
+                            connected.store(false, Ordering::Release);
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
                     }
                 }
             })
@@ -352,8 +363,23 @@ impl Watcher {
             .expect("watcher subscribed within 10 s");
         Watcher {
             seen,
+            connected,
             client,
             thread: Some(thread),
+        }
+    }
+
+    /// Waits until the watcher is connected with its subscription in place. A broker acks a
+    /// QoS 1 message before it saves it: killed in between while this subscriber is away, it
+    /// loses what it had queued for it, which no publisher can prevent.
+    pub fn wait_connected(&self, timeout: Duration) {
+        let start = Instant::now();
+        while !self.connected.load(Ordering::Acquire) {
+            assert!(
+                start.elapsed() < timeout,
+                "watcher not connected again within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
