@@ -341,11 +341,12 @@ impl Watcher {
                             }
                         }
                         Ok(Event::Incoming(Incoming::ConnAck(c))) => {
-                            // A broker that lost our session needs the subscription again.
-                            if !c.session_present && ready.is_none() {
-                                let _ = client.try_subscribe(filter.clone(), QoS::AtLeastOnce);
-                            } else if c.session_present {
+                            if c.session_present {
                                 connected.store(true, Ordering::Release);
+                            } else if ready.is_none() {
+                                // A broker that lost our session needs the subscription again
+                                // (its SubAck marks the watcher connected).
+                                let _ = client.try_subscribe(filter.clone(), QoS::AtLeastOnce);
                             }
                         }
                         Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
