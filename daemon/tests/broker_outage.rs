@@ -12,6 +12,11 @@
 //! broker's ack; CI saw such a loss once under load, session 12).
 //! `MINT_OUTAGE_EVENTS` sets the number of events (default 1200), `MINT_OUTAGE_SEED` the seed
 //! of the outage timings.
+//!
+//! Beside the flapping broker: events written to the broker's socket and lost there unread
+//! (the broker paused with SIGSTOP, then killed) are sent again, by the same daemon and by the
+//! next one after a SIGKILL; a daemon crash during an outage loses nothing; a full outbox
+//! drops its oldest messages and says so.
 
 mod support;
 
@@ -247,6 +252,103 @@ fn events_survive_a_daemon_crash_during_an_outage() {
                 .collect();
             (1..=last).all(|id| ids.contains(&id))
         },
+    );
+}
+
+/// At least once across the window where it is easiest to lose: messages on the wire that
+/// the broker never acknowledged. The broker is paused (SIGSTOP: still connected, reading
+/// nothing) while mintd publishes, so the events wait unread in the broker's socket; then the
+/// broker is killed, which loses them there. mintd must send them again when the broker is
+/// back: a message leaves the outbox on the broker's PUBACK, not when it is written to the
+/// socket.
+#[test]
+fn messages_lost_unacknowledged_at_the_broker_are_sent_again() {
+    lost_on_the_wire(false);
+}
+
+/// As above, and mintd is killed with SIGKILL too before the broker: the next daemon sends
+/// them from its outbox (durable when stored; a removal after a PUBACK need not be).
+#[test]
+fn messages_lost_unacknowledged_in_a_crash_are_sent_by_the_next_daemon() {
+    lost_on_the_wire(true);
+}
+
+fn lost_on_the_wire(crash: bool) {
+    const EVENTS: usize = 30;
+    let ws = Workspace::new();
+    let mut broker = Broker::start();
+    let watcher = Watcher::new(&broker, "mint/v1/test-device/events");
+    let mut config = ws.config();
+    mqtt_config(&mut config, &broker, None);
+    config.set("mqtt", "telemetry_interval_secs", "3600");
+    let mut daemon = config.start();
+    let delivered = |from: u64, to: u64| {
+        move |seen: &[support::broker::Seen]| {
+            let ids: std::collections::BTreeSet<u64> = seen
+                .iter()
+                .filter_map(|s| serde_json::from_slice::<Value>(&s.payload).ok())
+                .filter_map(|v| v["seq"].as_u64())
+                .collect();
+            (from..=to).all(|id| ids.contains(&id))
+        }
+    };
+    let newest = |daemon: &support::Daemon| {
+        daemon.get("/v1/events?after=0&limit=1000")["events"]
+            .as_array()
+            .unwrap()
+            .last()
+            .map_or(0, |e| e["id"].as_u64().unwrap())
+    };
+    let before = newest(&daemon);
+    watcher.wait_for(
+        &format!("events 1..={before} delivered"),
+        Duration::from_secs(20),
+        delivered(1, before),
+    );
+
+    broker.pause();
+    let idle = broker.unread_bytes();
+    let garbage = ws.path("garbage.mint");
+    std::fs::write(&garbage, b"NOTABUNDLE").unwrap();
+    let client = daemon.client();
+    for _ in 0..EVENTS {
+        assert!(client.post_file("/v1/install", &garbage).is_err());
+    }
+    let last = newest(&daemon);
+    assert!(last >= before + EVENTS as u64, "events {before}..{last}");
+    // mintd has written them to the broker's socket: the unread bytes grew by at least the
+    // topic of each event, then stopped growing (and mintd had its ticks to act on them).
+    let wanted = idle + (EVENTS * "mint/v1/test-device/events".len()) as u64;
+    let start = Instant::now();
+    let mut settled = (broker.unread_bytes(), Instant::now());
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = broker.unread_bytes();
+        if now != settled.0 {
+            settled = (now, Instant::now());
+        } else if now >= wanted && settled.1.elapsed() > Duration::from_millis(500) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "mintd wrote {now} bytes to the paused broker within 20 s, not {wanted}"
+        );
+    }
+    let unread = settled.0 - idle;
+    if crash {
+        daemon.kill();
+    }
+    // SIGKILL, then a new broker on the same port, with the subscriber's saved session.
+    broker.restart();
+    let _next = crash.then(|| config.start());
+    watcher.wait_for(
+        &format!(
+            "events {}..={last} again ({unread} bytes of them were lost unread with the broker{})",
+            before + 1,
+            if crash { ", and mintd was killed" } else { "" }
+        ),
+        Duration::from_secs(30),
+        delivered(before + 1, last),
     );
 }
 

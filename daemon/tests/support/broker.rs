@@ -228,6 +228,42 @@ impl Broker {
         }
     }
 
+    /// SIGSTOP: the broker stays connected and reads nothing. What clients send waits in its
+    /// sockets' receive queues (see [`Broker::unread_bytes`]), unacknowledged; a
+    /// [`Broker::kill`] then loses it.
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONT, after [`Broker::pause`].
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let child = self.child.as_ref().expect("the broker runs");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal mosquitto");
+    }
+
+    /// Bytes that clients sent and the broker has not read yet: the receive queues of its
+    /// established connections (`/proc/net/tcp`, IPv4 loopback).
+    pub fn unread_bytes(&self) -> u64 {
+        let table = fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+        let port = format!(":{:04X}", self.port);
+        table
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                // local address, remote address, state (01: established), tx:rx queues.
+                let (local, state, queues) = (fields.get(1)?, fields.get(3)?, fields.get(4)?);
+                (local.ends_with(&port) && *state == "01").then_some(*queues)
+            })
+            .filter_map(|queues| u64::from_str_radix(queues.split(':').nth(1)?, 16).ok())
+            .sum()
+    }
+
     /// Starts it again on the same port (after [`Broker::kill`]).
     pub fn restart(&mut self) {
         self.kill();
