@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 
 use serde_json::Value;
-use support::broker::{mqtt_config, Broker, Watcher};
+use support::broker::{mqtt_config, Broker, Seen, Watcher};
 use support::Workspace;
 
 #[test]
@@ -48,13 +48,7 @@ fn flapping_broker_loses_no_event() {
         });
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let ws = Workspace::new();
-    let mut broker = Broker::start();
-    let watcher = Watcher::new(&broker, "mint/v1/test-device/events");
-    let mut config = ws.config();
-    mqtt_config(&mut config, &broker, None);
-    config.set("mqtt", "telemetry_interval_secs", "3600");
-    let daemon = config.start();
-    watcher.wait_for("link up", Duration::from_secs(20), |_| true);
+    let (mut broker, watcher, _config, daemon) = linked(&ws);
 
     // Producer: refused installs through the API, each one `install_refused` event.
     let garbage = ws.path("garbage.mint");
@@ -188,6 +182,30 @@ fn flapping_broker_loses_no_event() {
     assert_eq!(stats.messages, 0, "{stats:?}");
 }
 
+/// A daemon with its link up, on a broker watched for its events (telemetry out of the way).
+fn linked(ws: &Workspace) -> (Broker, Watcher, support::Config, support::Daemon) {
+    let broker = Broker::start();
+    let watcher = Watcher::new(&broker, "mint/v1/test-device/events");
+    let mut config = ws.config();
+    mqtt_config(&mut config, &broker, None);
+    config.set("mqtt", "telemetry_interval_secs", "3600");
+    let daemon = config.start();
+    watcher.wait_for("link up", Duration::from_secs(20), |_| true);
+    (broker, watcher, config, daemon)
+}
+
+/// Whether the events `from..=to` (by `seq`) are among those seen.
+fn delivered(from: u64, to: u64) -> impl Fn(&[Seen]) -> bool {
+    move |seen| {
+        let ids: std::collections::BTreeSet<u64> = seen
+            .iter()
+            .filter_map(|s| serde_json::from_slice::<Value>(&s.payload).ok())
+            .filter_map(|v| v["seq"].as_u64())
+            .collect();
+        (from..=to).all(|id| ids.contains(&id))
+    }
+}
+
 /// Publishes one QoS 1 message and waits for its PUBACK.
 fn publish_once(broker: &Broker, topic: &str, payload: &[u8]) {
     let (client, mut connection) = rumqttc::Client::new(
@@ -216,12 +234,7 @@ fn publish_once(broker: &Broker, topic: &str, payload: &[u8]) {
 #[test]
 fn events_survive_a_daemon_crash_during_an_outage() {
     let ws = Workspace::new();
-    let mut broker = Broker::start();
-    let watcher = Watcher::new(&broker, "mint/v1/test-device/events");
-    let mut config = ws.config();
-    mqtt_config(&mut config, &broker, None);
-    let mut daemon = config.start();
-    watcher.wait_for("link up", Duration::from_secs(20), |_| true);
+    let (mut broker, watcher, config, mut daemon) = linked(&ws);
     broker.kill();
     let garbage = ws.path("garbage.mint");
     std::fs::write(&garbage, b"NOTABUNDLE").unwrap();
@@ -244,14 +257,7 @@ fn events_survive_a_daemon_crash_during_an_outage() {
     watcher.wait_for(
         &format!("every event up to {last}"),
         Duration::from_secs(30),
-        |seen| {
-            let ids: std::collections::BTreeSet<u64> = seen
-                .iter()
-                .filter_map(|s| serde_json::from_slice::<Value>(&s.payload).ok())
-                .filter_map(|v| v["seq"].as_u64())
-                .collect();
-            (1..=last).all(|id| ids.contains(&id))
-        },
+        delivered(1, last),
     );
 }
 
@@ -276,22 +282,7 @@ fn messages_lost_unacknowledged_in_a_crash_are_sent_by_the_next_daemon() {
 fn lost_on_the_wire(crash: bool) {
     const EVENTS: usize = 30;
     let ws = Workspace::new();
-    let mut broker = Broker::start();
-    let watcher = Watcher::new(&broker, "mint/v1/test-device/events");
-    let mut config = ws.config();
-    mqtt_config(&mut config, &broker, None);
-    config.set("mqtt", "telemetry_interval_secs", "3600");
-    let mut daemon = config.start();
-    let delivered = |from: u64, to: u64| {
-        move |seen: &[support::broker::Seen]| {
-            let ids: std::collections::BTreeSet<u64> = seen
-                .iter()
-                .filter_map(|s| serde_json::from_slice::<Value>(&s.payload).ok())
-                .filter_map(|v| v["seq"].as_u64())
-                .collect();
-            (from..=to).all(|id| ids.contains(&id))
-        }
-    };
+    let (mut broker, watcher, config, mut daemon) = linked(&ws);
     let newest = |daemon: &support::Daemon| {
         daemon.get("/v1/events?after=0&limit=1000")["events"]
             .as_array()
