@@ -11,7 +11,8 @@
 //! the generator to separate CPUs), `BENCH_TRACE` (a path: every open-loop run writes each
 //! request's scheduled time and latency to `PATH.RATE`), `BENCH_MODELS` (comma-separated, default
 //! `mlp,convnet`), `BENCH_PAIRS` (part B's one-at-a-time pairs, default 5000 for the MLP and
-//! 300 for the convnet).
+//! 300 for the convnet), `BENCH_HOME` (a directory with `mintd`, `mintctl`, `models/` and
+//! `ort_server.py` to use instead of this build's: a board's copy, `cross/bench.sh`).
 //!
 //! A. In process, on one thread, against tract's own `run` on the same plan and input (the
 //!    plan mintd runs: `mintd::engine::optimize`, tract's optimisation with mintd's kernels): the
@@ -58,8 +59,20 @@ use tract_onnx::prelude::*;
 #[path = "support/floor.rs"]
 mod floor;
 
-const MINTD: &str = env!("CARGO_BIN_EXE_mintd");
-const MINTCTL: &str = env!("CARGO_BIN_EXE_mintctl");
+/// A file of the bench's: under `BENCH_HOME` when it is set (a board's copy of the bench, made
+/// by `cross/bench.sh`: `mintd`, `mintctl`, `models/`, `ort_server.py`), else where this build
+/// put it.
+fn file(packaged: &str, built: PathBuf) -> PathBuf {
+    std::env::var_os("BENCH_HOME").map_or(built, |home| PathBuf::from(home).join(packaged))
+}
+
+fn mintd() -> PathBuf {
+    file("mintd", env!("CARGO_BIN_EXE_mintd").into())
+}
+
+fn mintctl_exe() -> PathBuf {
+    file("mintctl", env!("CARGO_BIN_EXE_mintctl").into())
+}
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
     std::env::var(key)
@@ -69,9 +82,11 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/models")
-        .join(name)
+    file(
+        "models",
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models"),
+    )
+    .join(name)
 }
 
 /// A model of the benchmark: fixture, name, input and its shape.
@@ -134,7 +149,7 @@ impl Bench {
 }
 
 fn mintctl(dir: &Path, args: &[&str]) {
-    let out = Command::new(MINTCTL)
+    let out = Command::new(mintctl_exe())
         .args(args)
         .current_dir(dir)
         .output()
@@ -871,7 +886,7 @@ fn start_mintd(dir: &Path) -> (Reaped, PathBuf, SocketAddr) {
         ),
     )
     .unwrap();
-    let child = Command::new(MINTD)
+    let child = Command::new(mintd())
         .arg("--config")
         .arg(&config)
         .env("MINT_LOG", "info")
@@ -924,7 +939,10 @@ fn start_floor(dir: &Path, b: &Bench, cpus: Option<String>) -> (Reaped, Target) 
 }
 
 fn start_ort(python: &str, benches: &[Bench]) -> (Reaped, SocketAddr) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/ort_server.py");
+    let script = file(
+        "ort_server.py",
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/ort_server.py"),
+    );
     let mut cmd = Command::new(python);
     cmd.arg(script);
     for b in benches {
