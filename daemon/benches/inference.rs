@@ -1191,11 +1191,12 @@ fn main() {
         // fault in their stacks and malloc arenas once. Counted in the phases, that start-up
         // came out as 1 to 5 page faults per convnet request (sessions 11 and 12) where the
         // steady state takes none; it is printed here, apart.
-        let cold = faults([mintd.0.id(), floor_server.0.id()]);
+        let pids = [mintd.0.id(), floor_server.0.id()];
+        let cold = faults(pids);
         for target in [&unix, &floor] {
             saturate(target, &request, connections, 1.0);
         }
-        let before = faults([mintd.0.id(), floor_server.0.id()]);
+        let before = faults(pids);
         let warm_up = [before[0] - cold[0], before[1] - cold[1]];
         let server_cpus = isolate.then(|| format!("1-{}", cores - 1));
         let targets = [&unix, &floor];
@@ -1203,7 +1204,7 @@ fn main() {
         // servers' CPU when pinned.
         let on_server_cpu = targets.len() + 1;
         let lat = paired(&targets, &request, count, raw, server_cpus.as_deref());
-        let after = faults([mintd.0.id(), floor_server.0.id()]);
+        let after = faults(pids);
         let per_request = |i: usize| (after[i] - before[i]) as f64 / count as f64;
         // The reference: raw tract on the servers' CPUs when they are apart, else here.
         let reference = lat.get(on_server_cpu).unwrap_or(&lat[0]);

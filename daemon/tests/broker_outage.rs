@@ -194,6 +194,15 @@ fn linked(ws: &Workspace) -> (Broker, Watcher, support::Config, support::Daemon)
     (broker, watcher, config, daemon)
 }
 
+/// The id of the newest event in the daemon's journal (of its first 1000), if it has one.
+fn newest_event(daemon: &support::Daemon) -> Option<u64> {
+    daemon.get("/v1/events?after=0&limit=1000")["events"]
+        .as_array()
+        .unwrap()
+        .last()
+        .map(|e| e["id"].as_u64().unwrap())
+}
+
 /// Whether the events `from..=to` (by `seq`) are among those seen.
 fn delivered(from: u64, to: u64) -> impl Fn(&[Seen]) -> bool {
     move |seen| {
@@ -244,13 +253,7 @@ fn events_survive_a_daemon_crash_during_an_outage() {
     }
     // Let the pump move some of them into the outbox, then crash.
     std::thread::sleep(Duration::from_millis(300));
-    let last = daemon.get("/v1/events?after=0&limit=1000")["events"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()["id"]
-        .as_u64()
-        .unwrap();
+    let last = newest_event(&daemon).unwrap();
     daemon.kill();
     broker.restart();
     let _daemon = config.start();
@@ -283,14 +286,7 @@ fn lost_on_the_wire(crash: bool) {
     const EVENTS: usize = 30;
     let ws = Workspace::new();
     let (mut broker, watcher, config, mut daemon) = linked(&ws);
-    let newest = |daemon: &support::Daemon| {
-        daemon.get("/v1/events?after=0&limit=1000")["events"]
-            .as_array()
-            .unwrap()
-            .last()
-            .map_or(0, |e| e["id"].as_u64().unwrap())
-    };
-    let before = newest(&daemon);
+    let before = newest_event(&daemon).unwrap_or(0);
     watcher.wait_for(
         &format!("events 1..={before} delivered"),
         Duration::from_secs(20),
@@ -305,7 +301,7 @@ fn lost_on_the_wire(crash: bool) {
     for _ in 0..EVENTS {
         assert!(client.post_file("/v1/install", &garbage).is_err());
     }
-    let last = newest(&daemon);
+    let last = newest_event(&daemon).unwrap_or(0);
     assert!(last >= before + EVENTS as u64, "events {before}..{last}");
     // mintd has written them to the broker's socket: the unread bytes grew by at least the
     // topic of each event, then stopped growing (and mintd had its ticks to act on them).
@@ -365,13 +361,7 @@ fn a_full_outbox_drops_the_oldest_and_reports_it() {
     for _ in 0..200 {
         assert!(client.post_file("/v1/install", &garbage).is_err());
     }
-    let last = daemon.get("/v1/events?after=0&limit=1000")["events"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()["id"]
-        .as_u64()
-        .unwrap();
+    let last = newest_event(&daemon).unwrap();
     // Let the pump move everything into the (bounded) outbox before the broker is back.
     std::thread::sleep(Duration::from_millis(600));
     let before = watcher.seen().len();

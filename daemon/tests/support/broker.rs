@@ -232,18 +232,9 @@ impl Broker {
     /// sockets' receive queues (see [`Broker::unread_bytes`]), unacknowledged; a
     /// [`Broker::kill`] then loses it.
     pub fn pause(&self) {
-        self.signal(nix::sys::signal::Signal::SIGSTOP);
-    }
-
-    /// SIGCONT, after [`Broker::pause`].
-    pub fn resume(&self) {
-        self.signal(nix::sys::signal::Signal::SIGCONT);
-    }
-
-    fn signal(&self, signal: nix::sys::signal::Signal) {
         let child = self.child.as_ref().expect("the broker runs");
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, signal).expect("signal mosquitto");
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP mosquitto");
     }
 
     /// Bytes that clients sent and the broker has not read yet: the receive queues of its
