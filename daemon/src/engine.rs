@@ -1,8 +1,8 @@
 //! The inference engine: tract, fed only with model bytes whose digest is checked in memory
 //! right before parsing.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mint_updater::manifest::TensorSpec;
@@ -18,6 +18,7 @@ mod feed;
 mod fuse;
 mod maxpool;
 mod pad;
+mod pool;
 #[cfg(test)]
 mod testing;
 
@@ -26,6 +27,7 @@ use feed::Feed;
 pub use fuse::fuse_scalar_ops_across_reshapes;
 pub use maxpool::MaxPool2x2S2;
 pub use pad::PadConstant;
+use pool::StatePool;
 
 /// Why the engine refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +69,10 @@ const POOL_MAX: usize = 8;
 /// No run-time estimate yet (the model has not run).
 const UNMEASURED: u64 = u64::MAX;
 
+/// Runs of the same or a smaller input that the run-time estimate may skip between two timed
+/// ones.
+const UNTIMED_MAX: u32 = 7;
+
 /// A loaded, optimised model ready to run.
 pub struct Engine {
     plan: Arc<TypedRunnableModel>,
@@ -75,13 +81,17 @@ pub struct Engine {
     /// Run states of finished inferences, reused so a run does not rebuild tract's per-run
     /// bookkeeping. `None` when the model has stateful operators (recurrent state): each run
     /// then gets a fresh state, so nothing of one request can reach the next.
-    pool: Option<Mutex<Vec<TypedSimpleState>>>,
+    pool: Option<StatePool<TypedSimpleState>>,
     /// How pooled states take their inputs when tract's input check can be stated as a
     /// [`Feed`] (`None`: tract's `run` checks and seats them).
     feed: Option<Feed>,
     /// Typical run time in ns: a decaying average that jumps up at once to any slower run,
     /// [`UNMEASURED`] until the first run.
     run_ns: AtomicU64,
+    /// The input values (all inputs together) of the last timed run, and the runs since it:
+    /// see [`Engine::times`].
+    timed_values: AtomicUsize,
+    untimed_runs: AtomicU32,
 }
 
 impl Engine {
@@ -110,7 +120,7 @@ impl Engine {
             .op_states
             .iter()
             .all(Option::is_none)
-            .then(|| Mutex::new(vec![first]));
+            .then(|| StatePool::new(first, POOL_MAX));
         let feed = pool.as_ref().and_then(|_| Feed::of(&plan));
         Ok(Engine {
             plan,
@@ -119,17 +129,41 @@ impl Engine {
             pool,
             feed,
             run_ns: AtomicU64::new(UNMEASURED),
+            timed_values: AtomicUsize::new(0),
+            untimed_runs: AtomicU32::new(0),
         })
     }
 
-    /// How long a run of this model typically takes: a decaying average of the runs so far,
-    /// raised at once by any slower run (so one slow input is enough to be treated as slow);
-    /// `None` before the first run.
+    /// How long a run of this model typically takes: a decaying average of the timed runs
+    /// (see [`Engine::times`]: every run with more input values than the last timed one, one
+    /// in eight otherwise), raised at once by any slower one (so one slow input is enough to
+    /// be treated as slow); `None` before the first run.
     pub fn typical_run(&self) -> Option<Duration> {
         match self.run_ns.load(Ordering::Relaxed) {
             UNMEASURED => None,
             ns => Some(Duration::from_nanos(ns)),
         }
+    }
+
+    /// Whether a run of `values` input values is timed for the estimate: the first run, any
+    /// run with more input values than the last timed one (a larger batch may take longer:
+    /// the estimate must see it at once), and otherwise one run in [`UNTIMED_MAX`] + 1. A
+    /// clock read costs a run of a few microseconds about 1 % (docs/performance.md); the
+    /// same work again needs no new measure every time.
+    fn times(&self, values: usize) -> bool {
+        // Counters only steer sampling: a race between runs may time one run more or fewer,
+        // so plain loads and stores (Relaxed) are enough.
+        let untimed = self.untimed_runs.load(Ordering::Relaxed);
+        let timed = untimed >= UNTIMED_MAX
+            || values > self.timed_values.load(Ordering::Relaxed)
+            || self.run_ns.load(Ordering::Relaxed) == UNMEASURED;
+        if timed {
+            self.untimed_runs.store(0, Ordering::Relaxed);
+            self.timed_values.store(values, Ordering::Relaxed);
+        } else {
+            self.untimed_runs.store(untimed + 1, Ordering::Relaxed);
+        }
+        timed
     }
 
     fn observe_run(&self, took: Duration) {
@@ -151,10 +185,9 @@ impl Engine {
         let Some(pool) = &self.pool else {
             return self.plan.run(inputs);
         };
-        let pooled = pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut state = match pooled {
+        let mut state = match pool.take() {
             Some(state) => state,
-            None => self.plan.spawn()?,
+            None => Box::new(self.plan.spawn()?),
         };
         let outputs = match &self.feed {
             Some(feed) => match feed.run(&mut state, inputs)? {
@@ -163,10 +196,7 @@ impl Engine {
             },
             None => state.run(inputs)?,
         };
-        let mut states = pool.lock().unwrap_or_else(|p| p.into_inner());
-        if states.len() < POOL_MAX {
-            states.push(state);
-        }
+        pool.give(state);
         Ok(outputs)
     }
 
@@ -256,10 +286,13 @@ impl Engine {
                 self.inputs.len()
             )));
         }
+        let values = inputs.iter().map(|t| t.len()).sum();
         let outputs = self
             .execute(inputs)
             .map_err(|e| EngineError::Run(format!("{e:#}")))?;
-        self.observe_run(started.elapsed());
+        if self.times(values) {
+            self.observe_run(started.elapsed());
+        }
         Ok(outputs)
     }
 }
@@ -402,7 +435,7 @@ mod tests {
                 });
             }
         });
-        let kept = engine.pool.as_ref().unwrap().lock().unwrap().len();
+        let kept = engine.pool.as_ref().unwrap().len();
         assert!((1..=POOL_MAX).contains(&kept), "{kept} states kept");
     }
 
@@ -491,5 +524,31 @@ mod tests {
         }
         let settled = engine.typical_run().unwrap();
         assert!(settled < Duration::from_micros(101), "{settled:?}");
+    }
+
+    #[test]
+    fn runs_are_timed_first_then_when_their_input_grows_and_otherwise_one_in_eight() {
+        let engine = mlp();
+        assert!(engine.times(16), "nothing measured yet");
+        engine.observe_run(Duration::from_micros(5));
+        // The same input again: seven runs untimed, the eighth timed, and so on.
+        let timed: Vec<bool> = (0..16).map(|_| engine.times(16)).collect();
+        let want: Vec<bool> = (1..=16).map(|i| i % 8 == 0).collect();
+        assert_eq!(timed, want);
+        // A larger batch is timed at once, every time it grows; smaller ones wait their turn.
+        assert!(engine.times(64));
+        assert!(!engine.times(16));
+        assert!(engine.times(128));
+        assert!(!engine.times(128));
+        // Through the engine: a batch of 40 rows after many single rows is timed, so its
+        // run time raises the estimate at once.
+        let engine = mlp();
+        for _ in 0..20 {
+            run(&engine, &input(0.5, 1)).unwrap();
+        }
+        engine.run_ns.store(1, Ordering::Relaxed);
+        run(&engine, &input(0.5, 40)).unwrap();
+        let raised = engine.typical_run().unwrap();
+        assert!(raised > Duration::from_nanos(1), "{raised:?}");
     }
 }

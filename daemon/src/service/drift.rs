@@ -28,9 +28,11 @@ use tokio::sync::mpsc;
 
 use crate::tensor::Moments;
 
-/// Weight of the newest request in the running statistics once warmed up: about the last
-/// 64 requests count.
-const EWMA_WEIGHT: f64 = 1.0 / 64.0;
+/// Requests the running statistics average plainly; after them the newest request weighs
+/// [`EWMA_WEIGHT`], so that about the last this many count.
+const WINDOW_REQUESTS: u64 = 64;
+/// Weight of the newest request in the running statistics once warmed up.
+const EWMA_WEIGHT: f64 = 1.0 / WINDOW_REQUESTS as f64;
 /// A drifting model is cleared when its score falls below this share of the threshold.
 const CLEAR_RATIO: f64 = 0.8;
 /// Length of a request-rate window.
@@ -79,8 +81,12 @@ struct TensorWatch {
     /// What is added to both spreads, so that a reference without spread still has a
     /// scale: a millionth of its magnitude.
     floor: f64,
-    /// The reference's standard deviation, at least `floor`: the unit of the mean's shift.
-    scale: f64,
+    /// One over the mean shift's unit (the reference's standard deviation, at least
+    /// `floor`), and one over the reference's spread plus `floor`: taken once, because every
+    /// request judges the tensor, and a multiplication takes a few cycles where a division
+    /// takes a dozen or more.
+    per_scale: f64,
+    per_reference_spread: f64,
 }
 
 impl TensorWatch {
@@ -99,7 +105,8 @@ impl TensorWatch {
             mean: 0.0,
             mean_sq: 0.0,
             floor,
-            scale: reference.std.max(floor),
+            per_scale: reference.std.max(floor).recip(),
+            per_reference_spread: (reference.std + floor).recip(),
         }
     }
 
@@ -109,10 +116,14 @@ impl TensorWatch {
         }
         self.requests += 1;
         // A plain average until the window is full, then exponential weights.
-        let w = (1.0 / self.requests as f64).max(EWMA_WEIGHT);
-        let n = m.count as f64;
-        self.mean += w * (m.sum / n - self.mean);
-        self.mean_sq += w * (m.sum_sq / n - self.mean_sq);
+        let w = if self.requests < WINDOW_REQUESTS {
+            (self.requests as f64).recip()
+        } else {
+            EWMA_WEIGHT
+        };
+        let per_value = (m.count as f64).recip();
+        self.mean += w * (m.sum * per_value - self.mean);
+        self.mean_sq += w * (m.sum_sq * per_value - self.mean_sq);
     }
 
     fn std(&self) -> f64 {
@@ -135,8 +146,8 @@ impl TensorWatch {
     /// (floored) whose `|ln|` is the spread's score.
     fn shift_and_ratio(&self) -> (f64, f64) {
         let r = &self.reference;
-        let shift = (self.mean - r.mean).abs() / self.scale;
-        let ratio = (self.std() + self.floor) / (r.std + self.floor);
+        let shift = (self.mean - r.mean).abs() * self.per_scale;
+        let ratio = (self.std() + self.floor) * self.per_reference_spread;
         (shift, ratio)
     }
 
