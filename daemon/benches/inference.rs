@@ -432,13 +432,20 @@ fn in_process(dir: &Path, bundle: &Path, b: &Bench, rounds: usize) -> (InProcess
         }
     }
     // The six take turns in short blocks (100 MLP runs, one convnet run), so that a change
-    // of the machine's speed during a round touches all of them alike.
+    // of the machine's speed during a round touches all of them alike. Each block starts
+    // with one untimed run of its path: raw and reused tract share one plan, the three
+    // guarded paths mintd's engine, stock tract a plan of its own, and a convnet's weights
+    // and buffers do not stay in the cache from one plan's run to another's. Without it, a
+    // path whose predecessor ran another plan was timed cold and one whose predecessor ran
+    // the same plan warm, so the fixed order of the turns, not the path, decided part of the
+    // time.
     let block = (b.iterations / 200).max(1);
     let mut per_round: [Vec<f64>; 6] = Default::default();
     for _ in 0..rounds {
         let mut totals = [Duration::ZERO; 6];
         for _ in 0..b.iterations / block {
             for (total, f) in totals.iter_mut().zip(paths) {
+                f();
                 let t = Instant::now();
                 for _ in 0..block {
                     f();
