@@ -48,20 +48,18 @@ impl<T> StatePool<T> {
     /// Keeps `state` for a later run, or drops it when the pool is full.
     pub(crate) fn give(&self, state: Box<T>) {
         let raw = Box::into_raw(state);
-        match self
-            .hot
-            .compare_exchange(ptr::null_mut(), raw, Ordering::Release, Ordering::Relaxed)
-        {
-            Ok(_) => {}
-            Err(_) => {
-                // SAFETY: `raw` came from `Box::into_raw` just above and the failed exchange
-                // did not store it anywhere: this call still owns it alone.
-                let state = unsafe { Box::from_raw(raw) };
-                let mut rest = self.rest.lock().unwrap_or_else(|p| p.into_inner());
-                if rest.len() + 1 < self.max {
-                    rest.push(state);
-                }
-            }
+        let kept =
+            self.hot
+                .compare_exchange(ptr::null_mut(), raw, Ordering::Release, Ordering::Relaxed);
+        if kept.is_ok() {
+            return;
+        }
+        // SAFETY: `raw` came from `Box::into_raw` just above and the failed exchange did not
+        // store it anywhere: this call still owns it alone.
+        let state = unsafe { Box::from_raw(raw) };
+        let mut rest = self.rest.lock().unwrap_or_else(|p| p.into_inner());
+        if rest.len() + 1 < self.max {
+            rest.push(state);
         }
     }
 
